@@ -1,0 +1,5 @@
+import sys
+
+from kmedimg.cli import main
+
+sys.exit(main())

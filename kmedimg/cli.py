@@ -1,0 +1,46 @@
+"""The `kmedimg` command.
+
+Each subcommand lives next to the code it drives and is listed explicitly in
+`SUBCOMMANDS` as "module:function"; the function receives the argparse subparsers
+object and adds its parser, setting `handler` as the default.
+"""
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = []
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kmedimg", description="CNN transfer learning on medical images."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for entry in SUBCOMMANDS:
+        module_name, function_name = entry.split(":")
+        getattr(importlib.import_module(module_name), function_name)(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        import kmedimg
+
+        print(kmedimg.__version__)
+        return 0
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except (ValueError, FileNotFoundError) as error:
+        print(f"kmedimg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""kmedimg.data: importers -> sharded TFRecords + manifest -> tf.data pipelines."""

@@ -1,0 +1,278 @@
+"""The one definition of kmedimg's TFRecord features and of the `dataset.json` manifest.
+
+Every record is a `tf.train.Example` with these features:
+
+| key | type | meaning |
+| --- | --- | --- |
+| `image/encoded` | bytes | raw C-order tensor bytes (little endian) or a PNG |
+| `image/encoding` | bytes | `raw` or `png` |
+| `image/height`, `image/width`, `image/channels` | int64 | stored shape |
+| `image/dtype` | bytes | `uint8` or `uint16` |
+| `label` | int64 list | class indices (one for binary/multiclass, 0..n for multilabel) |
+| `id` | bytes | stable record id (hex) |
+| `patient` | bytes | patient key (a salted hash for DICOM), empty when unknown |
+
+Images are stored losslessly; intensity handling happens at read time or in the model.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "dataset.json"
+REJECTED_NAME = "rejected.csv"
+
+ENCODINGS = ("raw", "png")
+DTYPES = ("uint8", "uint16")
+CHANNELS = (1, 3)
+COMPRESSIONS = ("NONE", "ZLIB", "GZIP")
+TASKS = ("binary", "multiclass", "multilabel")
+
+IMAGE_KEY = "image/encoded"
+ENCODING_KEY = "image/encoding"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+CHANNELS_KEY = "image/channels"
+DTYPE_KEY = "image/dtype"
+LABEL_KEY = "label"
+ID_KEY = "id"
+PATIENT_KEY = "patient"
+
+
+def shard_name(split, index, num_shards):
+    """File name of shard `index` (0-based) of `num_shards` for `split`."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def record_id(*parts):
+    """A stable 16-hex-digit id from the given identifying strings or bytes."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else str(part).encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def content_hash(pixels):
+    """sha256 of an image's shape, dtype and pixel values (for exact-duplicate detection)."""
+    pixels = np.ascontiguousarray(pixels)
+    digest = hashlib.sha256(f"{pixels.shape}|{pixels.dtype.str}|".encode())
+    digest.update(pixels.tobytes())
+    return digest.hexdigest()
+
+
+def check_pixels(pixels, where="pixels"):
+    """Validates an image array and returns it as an HxWxC array.
+
+    Args:
+        pixels: array of shape (H, W) or (H, W, C) with C in {1, 3}, dtype uint8 or
+            uint16.
+        where: what to name in the error message (a file, a field).
+
+    Raises:
+        ValueError: naming `where` and what was expected.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[..., np.newaxis]
+    if pixels.ndim != 3 or pixels.shape[-1] not in CHANNELS:
+        raise ValueError(
+            f"{where}: expected an image of shape (H, W), (H, W, 1) or (H, W, 3). "
+            f"Received: shape={pixels.shape}"
+        )
+    if pixels.dtype.name not in DTYPES:
+        raise ValueError(
+            f"{where}: expected dtype one of {DTYPES}. Received: dtype={pixels.dtype}"
+        )
+    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise ValueError(f"{where}: image is empty. Received: shape={pixels.shape}")
+    return pixels
+
+
+def encode_image(pixels, encoding):
+    """Encodes an HxWxC uint8/uint16 array losslessly as `raw` bytes or `png`."""
+    if encoding not in ENCODINGS:
+        raise ValueError(
+            f"`encoding` must be one of {ENCODINGS}. Received: encoding={encoding!r}"
+        )
+    pixels = np.ascontiguousarray(pixels)
+    if encoding == "raw":
+        return pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if pixels.dtype == np.uint16:
+        if pixels.shape[-1] != 1:
+            raise ValueError(
+                "PNG encoding of uint16 images supports 1 channel only (Pillow cannot "
+                "write 16-bit RGB). Use encoding='raw'. "
+                f"Received: shape={pixels.shape}"
+            )
+        image = Image.fromarray(pixels[..., 0].astype("<u2"), mode="I;16")
+    else:
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def make_example(pixels, label_indices, record_identifier, patient="", encoding="raw"):
+    """Builds one serialized `tf.train.Example` (bytes) in the kmedimg schema."""
+    import tensorflow as tf
+
+    pixels = check_pixels(pixels)
+
+    def _bytes(value):
+        value = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _ints(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+    height, width, channels = pixels.shape
+    features = {
+        IMAGE_KEY: _bytes(encode_image(pixels, encoding)),
+        ENCODING_KEY: _bytes(encoding),
+        HEIGHT_KEY: _ints([height]),
+        WIDTH_KEY: _ints([width]),
+        CHANNELS_KEY: _ints([channels]),
+        DTYPE_KEY: _bytes(pixels.dtype.name),
+        LABEL_KEY: _ints(label_indices),
+        ID_KEY: _bytes(record_identifier),
+        PATIENT_KEY: _bytes(patient or ""),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString()
+
+
+def feature_spec():
+    """The `tf.io.parse_example` spec of a kmedimg record."""
+    import tensorflow as tf
+
+    return {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        ENCODING_KEY: tf.io.FixedLenFeature([], tf.string),
+        HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+        CHANNELS_KEY: tf.io.FixedLenFeature([], tf.int64),
+        DTYPE_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+        ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        PATIENT_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+
+
+@dataclasses.dataclass
+class ShardInfo:
+    """One TFRecord file of a split."""
+
+    path: str  # relative to the dataset directory
+    records: int
+    sha256: str
+    bytes: int
+
+
+@dataclasses.dataclass
+class SplitInfo:
+    """Counts and shards of one split."""
+
+    count: int = 0
+    class_counts: dict = dataclasses.field(default_factory=dict)
+    shards: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Manifest:
+    """`dataset.json`: everything a reader needs to trust and decode the records.
+
+    `image.height`/`image.width` are set when every record has the same size (the
+    fast vectorised read path needs that), otherwise null.
+    """
+
+    task: str
+    class_names: list
+    encoding: str
+    dtype: str
+    channels: int
+    height: Any = None
+    width: Any = None
+    compression: str = "NONE"
+    splits: dict = dataclasses.field(default_factory=dict)
+    source: dict = dataclasses.field(default_factory=dict)
+    conversion: dict = dataclasses.field(default_factory=dict)
+    counts: dict = dataclasses.field(default_factory=dict)
+    duplicates: dict = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def validate(self, where=MANIFEST_NAME):
+        """Raises ValueError naming `where` and the field when the manifest is inconsistent."""
+        checks = [
+            ("schema_version", self.schema_version, (SCHEMA_VERSION,)),
+            ("task", self.task, TASKS),
+            ("encoding", self.encoding, ENCODINGS),
+            ("dtype", self.dtype, DTYPES),
+            ("channels", self.channels, CHANNELS),
+            ("compression", self.compression, COMPRESSIONS),
+        ]
+        for field, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(
+                    f"{where}: field `{field}` must be one of {allowed}. Received: {value!r}"
+                )
+        if not self.class_names:
+            raise ValueError(f"{where}: field `class_names` is empty.")
+        for name, split in self.splits.items():
+            shard_total = sum(shard.records for shard in split.shards)
+            if shard_total != split.count:
+                raise ValueError(
+                    f"{where}: split {name!r} has count={split.count} but its shards hold "
+                    f"{shard_total} records."
+                )
+        counts = self.counts
+        if counts and counts.get("seen") != counts.get("written", 0) + counts.get(
+            "rejected", 0
+        ):
+            raise ValueError(
+                f"{where}: counts do not add up: seen={counts.get('seen')} != "
+                f"written={counts.get('written')} + rejected={counts.get('rejected')}."
+            )
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text, where=MANIFEST_NAME):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not valid JSON ({error}).") from error
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown fields {unknown}; expected only {sorted(known)}."
+            )
+        splits = {}
+        for name, split in raw.get("splits", {}).items():
+            shards = [ShardInfo(**shard) for shard in split.get("shards", [])]
+            splits[name] = SplitInfo(
+                count=split.get("count", 0),
+                class_counts=split.get("class_counts", {}),
+                shards=shards,
+            )
+        raw["splits"] = splits
+        try:
+            manifest = cls(**raw)
+        except TypeError as error:
+            raise ValueError(f"{where}: missing or malformed fields ({error}).") from error
+        manifest.validate(where)
+        return manifest
