@@ -1,0 +1,1 @@
+"""kmedimg.evaluation: metrics with confidence intervals, explanations, reports, export."""
