@@ -113,7 +113,9 @@ def encode_image(pixels, encoding):
                 "write 16-bit RGB). Use encoding='raw'. "
                 f"Received: shape={pixels.shape}"
             )
-        image = Image.fromarray(pixels[..., 0].astype("<u2"), mode="I;16")
+        # Pillow maps a little-endian uint16 array to mode "I;16" by itself; passing
+        # mode= explicitly is rejected by Pillow >= 13 ("Invalid mode for data type").
+        image = Image.fromarray(pixels[..., 0].astype("<u2"))
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     image.save(buffer, format="PNG", compress_level=6)

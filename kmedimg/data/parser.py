@@ -1,0 +1,72 @@
+"""`RecordParser`: decoded records -> the `(images, labels)` the models take.
+
+Works on one image ([H, W, C]) or a batch ([B, H, W, C]) alike. Images stay in
+their stored intensity range (0..255 for uint8, 0..65535 for uint16) as float32;
+the model's preprocessing layers normalise them.
+"""
+
+import tensorflow as tf
+
+
+class RecordParser:
+    """Resizes, sets channels and encodes labels for the task.
+
+    Args:
+        task: "binary", "multiclass" or "multilabel".
+        num_classes: number of classes K.
+        image_size: output (height, width).
+        channels: output channels (1 or 3). Grey is tiled to RGB; RGB -> grey uses
+            `tf.image.rgb_to_grayscale`.
+        stored_channels: channels in the records.
+        resize_method: `tf.image.resize` method. Defaults to `"bilinear"`.
+
+    Example:
+
+    ```python
+    parser = RecordParser("binary", 2, (128, 128), channels=3, stored_channels=1)
+    images, labels = parser.parse_fn(is_training=True)(decoder.decode(record))
+    ```
+    """
+
+    def __init__(self, task, num_classes, image_size, channels, stored_channels,
+                 resize_method="bilinear"):
+        self.task = task
+        self.num_classes = num_classes
+        self.image_size = tuple(int(v) for v in image_size)
+        self.channels = int(channels)
+        self.stored_channels = int(stored_channels)
+        self.resize_method = resize_method
+
+    def _image(self, image):
+        image = tf.cast(image, tf.float32)
+        static = image.shape[-3:-1]
+        if tuple(static) != self.image_size:
+            image = tf.image.resize(image, self.image_size, method=self.resize_method)
+        if self.channels != self.stored_channels:
+            if self.stored_channels == 1:
+                multiples = [1] * (image.shape.rank - 1) + [self.channels]
+                image = tf.tile(image, multiples)
+            else:
+                image = tf.image.rgb_to_grayscale(image)
+        return image
+
+    def _labels(self, indicator):
+        labels = tf.cast(indicator, tf.float32)
+        if self.task == "binary":
+            # Class 1 is the positive class: one sigmoid output.
+            return labels[..., 1:2]
+        return labels
+
+    def parse_fn(self, is_training):
+        """Returns a function decoded-dict -> (images, labels).
+
+        Training and evaluation parse alike (augmentation lives in the model, so an
+        exported model sees the same pixels); `is_training` is kept for symmetry with
+        the Decoder/Parser pattern and future train-only steps.
+        """
+        del is_training
+
+        def parse(decoded):
+            return self._image(decoded["image"]), self._labels(decoded["labels"])
+
+        return parse
