@@ -471,7 +471,8 @@ def platform_defaults(strategy=None, **overrides):
         strategy: a `tf.distribute.Strategy`; `None` means the current one.
             Defaults to `None`.
         **overrides: any of `precision_policy`, `steps_per_execution`,
-            `jit_compile` (a `None` value keeps the default). Combinations known to
+            `jit_compile` (`None`, or `"auto"` for `jit_compile`, keeps the
+            platform default). Combinations known to
             fail on this platform raise a `ValueError` that says why.
 
     Returns:
@@ -526,10 +527,12 @@ def platform_defaults(strategy=None, **overrides):
         steps = overrides["steps_per_execution"]
         _check_positive_int("steps_per_execution", steps)
         notes.append(f"steps_per_execution={steps} set by the recipe.")
+    if overrides.get("jit_compile") == "auto":
+        overrides.pop("jit_compile")
     if "jit_compile" in overrides:
         jit = overrides["jit_compile"]
         if not isinstance(jit, bool):
-            raise ValueError(f"jit_compile must be true or false. Received: jit_compile={jit!r}")
+            raise ValueError(f"jit_compile must be true, false or "auto". Received: jit_compile={jit!r}")
         notes.append(f"jit_compile={jit} set by the recipe.")
     check_compile_settings(strategy, steps_per_execution=steps, jit_compile=jit)
     return PlatformDefaults(
@@ -584,6 +587,52 @@ def check_compile_settings(strategy, steps_per_execution=1, jit_compile=False):
             "replica_1' on another device); use jit_compile=False. "
             f"Received: jit_compile={jit_compile!r}"
         )
+
+
+# Keras layers whose TensorFlow ops (ImageProjectiveTransformV3, dynamic ranges) have
+# no XLA kernel: a model holding one cannot compile with jit_compile=True nor on a
+# TPU ("Detected unsupported operations when trying to compile graph", reproduced
+# here on CPU XLA in float32 and bfloat16; under bf16 on TPU, keras-team/keras#17508).
+XLA_INCOMPATIBLE_LAYERS = (
+    "RandomRotation",
+    "RandomZoom",
+    "RandomTranslation",
+    "RandomShear",
+    "RandomPerspective",
+    "RandomElasticTransform",
+    "RandAugment",
+)
+
+
+def check_layers_for_xla(model):
+    """Refuses a model that cannot compile under XLA (TPU, `jit_compile=True`).
+
+    Args:
+        model: a Keras model; nested models are searched too.
+
+    Raises:
+        ValueError: naming each layer of `XLA_INCOMPATIBLE_LAYERS` found, with
+            the XLA-clean replacement.
+    """
+    found = [
+        f"{type(layer).__name__} {layer.name!r}"
+        for layer in _walk_layers(model)
+        if type(layer).__name__ in XLA_INCOMPATIBLE_LAYERS
+    ]
+    if found:
+        raise ValueError(
+            "The model cannot compile under XLA (TPU or jit_compile=True): these Keras "
+            "augmentation layers use TensorFlow ops without an XLA kernel. Use "
+            "kmedimg.layers.MedicalAugmentation (one float32 affine warp that compiles "
+            "under XLA and bfloat16) or augment in tf.data instead. "
+            f"Received: layers=[{', '.join(found)}]"
+        )
+
+
+def _walk_layers(layer):
+    for child in getattr(layer, "layers", ()):
+        yield child
+        yield from _walk_layers(child)
 
 
 def check_paths_for_tpu(strategy, **paths):

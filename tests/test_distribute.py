@@ -162,8 +162,8 @@ def test_overrides_apply_and_are_validated():
         distribute.platform_defaults(None, batch_size=3)
     with pytest.raises(ValueError, match="steps_per_execution must be a positive integer"):
         distribute.platform_defaults(None, steps_per_execution=0)
-    with pytest.raises(ValueError, match="jit_compile must be true or false"):
-        distribute.platform_defaults(None, jit_compile="auto")
+    with pytest.raises(ValueError, match="jit_compile must be true, false or"):
+        distribute.platform_defaults(None, jit_compile="always")
 
 
 def test_single_device_mirrored_accepts_steps_per_execution():
@@ -258,3 +258,32 @@ def test_keras_patches_leave_single_process_training_unchanged():
     for before, after in zip(weights_before, weights_after):
         assert before.tolist() == after.tolist()
     assert loss_before == loss_after
+
+
+def test_jit_compile_auto_keeps_platform_default():
+    assert distribute.platform_defaults(None, jit_compile="auto").jit_compile is False
+
+
+def test_xla_layer_check_names_incompatible_augmentation():
+    inner = keras.Sequential([keras.layers.RandomFlip(), keras.layers.RandomRotation(0.1, name="rot")])
+    model = keras.Sequential([keras.Input((16, 16, 1)), inner, keras.layers.Flatten(), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"MedicalAugmentation.*Received: layers=\[RandomRotation 'rot'\]"):
+        distribute.check_layers_for_xla(model)
+    clean = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.RandomFlip(), keras.layers.Flatten()])
+    distribute.check_layers_for_xla(clean)
+
+
+def test_xla_incompatible_list_matches_reality():
+    """Each listed layer really fails to compile under XLA here; RandomFlip compiles."""
+    images = tf.random.uniform((2, 16, 16, 1))
+
+    def compiles(layer):
+        try:
+            tf.function(lambda x: layer(x, training=True), jit_compile=True)(images)
+        except tf.errors.InvalidArgumentError:
+            return False
+        return True
+
+    assert compiles(keras.layers.RandomFlip())
+    assert not compiles(keras.layers.RandomRotation(0.1))
+    assert not compiles(keras.layers.RandomZoom(0.1))
