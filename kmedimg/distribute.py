@@ -532,7 +532,7 @@ def platform_defaults(strategy=None, **overrides):
     if "jit_compile" in overrides:
         jit = overrides["jit_compile"]
         if not isinstance(jit, bool):
-            raise ValueError(f"jit_compile must be true, false or "auto". Received: jit_compile={jit!r}")
+            raise ValueError(f"jit_compile must be true, false or 'auto'. Received: jit_compile={jit!r}")
         notes.append(f"jit_compile={jit} set by the recipe.")
     check_compile_settings(strategy, steps_per_execution=steps, jit_compile=jit)
     return PlatformDefaults(
