@@ -1,0 +1,148 @@
+"""Reading loose inputs (image files, .npy arrays, DICOM files) into a model's input shape.
+
+`kmedimg predict` and `kmedimg explain` take files a user points at, not TFRecords.
+They are read losslessly in their stored intensity range (uint8 0..255 or uint16
+0..65535) and resized/channel-matched exactly as `kmedimg.data.pipeline` does for
+records (bilinear resize in float32, grey tiled to RGB, RGB to grey by luma), so a
+model sees the same numbers either way.
+"""
+
+import os
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy",)
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def model_input_spec(model):
+    """`(height, width, channels)` of a model's image input.
+
+    Raises:
+        ValueError: when the model has no single fixed-size image input.
+    """
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) != 4 or None in shape[1:]:
+        raise ValueError(
+            "The model must take one image input of fixed shape [batch, H, W, C]. "
+            f"Received: input shape={shape}"
+        )
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def read_pixels(path, dtype="auto"):
+    """Reads one input file as an HxWxC uint8/uint16 array in its stored range.
+
+    Args:
+        path: a PNG/JPEG/BMP/TIFF image, a `.npy` array (HxW or HxWxC, uint8/uint16) or
+            a DICOM file (read with the DICOM importer's pixel rules; needs pydicom).
+        dtype: "uint8", "uint16" or "auto" (16-bit files stay 16-bit). Defaults to
+            `"auto"`.
+
+    Returns:
+        `np.ndarray` [H, W, C].
+
+    Raises:
+        ValueError: naming the file, for an unreadable or unsupported input.
+    """
+    from kmedimg.data import schema
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if dtype not in ("auto", "uint8", "uint16"):
+        raise ValueError(
+            f"`dtype` must be one of ('auto', 'uint8', 'uint16'). Received: dtype={dtype!r}"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such input file: {path}")
+    if suffix in ARRAY_SUFFIXES:
+        pixels = np.load(path, allow_pickle=False)
+    elif suffix in DICOM_SUFFIXES or _is_dicom(path):
+        pixels = _read_dicom(path)
+    elif suffix in IMAGE_SUFFIXES:
+        from kmedimg.data.sources import image_files
+
+        try:
+            is_grey, sixteen_bit = image_files.probe(path)
+            stored = "uint16" if sixteen_bit else "uint8"
+            pixels = image_files.load(path, 1 if is_grey else 3, stored if dtype == "auto" else dtype)
+        except image_files.ImageFileError as error:
+            raise ValueError(f"{path}: {error}.") from None
+    else:
+        raise ValueError(
+            f"{path}: unsupported input type. Allowed suffixes: "
+            f"{IMAGE_SUFFIXES + ARRAY_SUFFIXES + DICOM_SUFFIXES}. Received: suffix={suffix!r}"
+        )
+    pixels = schema.check_pixels(pixels, where=path)
+    if dtype != "auto" and pixels.dtype.name != dtype:
+        if dtype == "uint16":
+            pixels = pixels.astype(np.uint16) * np.uint16(257)
+        else:
+            pixels = np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8)
+    return pixels
+
+
+def _is_dicom(path):
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def _read_dicom(path, window=None):
+    try:
+        import pydicom
+    except ImportError as error:
+        raise ValueError(
+            f"{path}: reading DICOM needs pydicom: pip install 'kmedimg[dicom]'."
+        ) from error
+    from kmedimg.data.sources import dicom_pixels
+
+    dataset = pydicom.dcmread(path)
+    frame = dataset.pixel_array
+    if getattr(dataset, "NumberOfFrames", 1) not in (None, 1, "1"):
+        frame = frame[0]
+    try:
+        if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
+            return dicom_pixels.monochrome_frame(dataset, frame, 0, window)[0]
+        return dicom_pixels.colour_frame(dataset, frame)[0]
+    except dicom_pixels.PixelError as error:
+        raise ValueError(f"{path}: {error}.") from None
+
+
+def fit_to_model(pixels, input_spec):
+    """Resizes/channel-matches stored pixels to the model input as float32 [H, W, C].
+
+    Same rules as the record pipeline: bilinear resize in float32 (intensity range
+    kept), grey tiled to RGB, RGB to grey by luma.
+    """
+    import tensorflow as tf
+
+    height, width, channels = input_spec
+    image = tf.cast(pixels, tf.float32)
+    if tuple(image.shape[:2]) != (height, width):
+        image = tf.image.resize(image, (height, width), method="bilinear")
+    if image.shape[-1] != channels:
+        image = tf.tile(image, [1, 1, channels]) if image.shape[-1] == 1 else (
+            tf.image.rgb_to_grayscale(image))
+    return image.numpy()
+
+
+def expand_inputs(paths):
+    """Expands folders into the supported files they hold (sorted), keeping file order."""
+    files = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found = []
+            for root, _, names in os.walk(path):
+                for name in names:
+                    if name.lower().endswith(IMAGE_SUFFIXES + ARRAY_SUFFIXES + DICOM_SUFFIXES) or (
+                            "." not in name and _is_dicom(os.path.join(root, name))):
+                        found.append(os.path.join(root, name))
+            if not found:
+                raise ValueError(f"{path}: folder holds no supported inputs. Received: {path}")
+            files.extend(sorted(found))
+        else:
+            files.append(path)
+    return files

@@ -1,0 +1,100 @@
+"""Grad-CAM, Grad-CAM++ and occlusion find a planted bright square a trained CNN detects."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from kmedimg.evaluation import explain  # noqa: E402
+
+SIZE, SQUARE = 48, 10
+
+
+def _squares(count, seed):
+    """Noise images; odd ones carry a bright square at a random place (label 1)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(60, 15, (count, SIZE, SIZE, 1)).clip(0, 255).astype("float32")
+    labels = np.zeros((count, 1), "float32")
+    boxes = [None] * count
+    for index in range(1, count, 2):
+        top, left = rng.integers(0, SIZE - SQUARE, 2)
+        images[index, top:top + SQUARE, left:left + SQUARE] = 220
+        labels[index] = 1
+        boxes[index] = (int(top), int(left))
+    return images, labels, boxes
+
+
+def _nested_cnn():
+    """Raw pixels -> scaling -> nested backbone model -> pooling -> sigmoid, like build_classifier."""
+    inner_input = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inner_input)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="features")(x)
+    backbone = keras.Model(inner_input, x, name="tiny_backbone")
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = backbone(keras.layers.Rescaling(1 / 255.0)(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    images, labels, _ = _squares(512, seed=0)
+    model = _nested_cnn()
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
+    model.fit(images, labels, epochs=4, batch_size=32, verbose=0)
+    test_images, test_labels, boxes = _squares(16, seed=1)
+    accuracy = model.evaluate(test_images, test_labels, verbose=0)[1]
+    assert accuracy >= 0.9, f"the detector did not learn (accuracy {accuracy})"
+    return model, test_images, boxes
+
+
+def _peak_inside(heatmap, box):
+    row, col = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    top, left = box
+    return top <= row < top + SQUARE and left <= col < left + SQUARE
+
+
+@pytest.mark.parametrize("method", explain.METHODS)
+def test_cam_peaks_inside_planted_square(trained, method):
+    model, images, boxes = trained
+    explainer = explain.GradCam(model, layer="features", method=method)
+    assert explainer.task == "binary"
+    heatmaps, probs, explained = explainer(images, return_details=True)
+    assert heatmaps.shape == images.shape[:3]
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+    assert np.all(explained == 1)
+    positives = [index for index, box in enumerate(boxes) if box]
+    hits = sum(_peak_inside(heatmaps[index], boxes[index]) for index in positives)
+    assert hits == len(positives)
+    # Explaining the negative class points away from the square.
+    negative = explainer(images[positives[:3]], class_index=0)
+    assert sum(_peak_inside(negative[i], boxes[index]) for i, index in enumerate(positives[:3])) < 3
+
+
+def test_occlusion_peaks_at_square(trained):
+    model, images, boxes = trained
+    positives = [index for index, box in enumerate(boxes) if box][:3]
+    maps = explain.occlusion_sensitivity(model, images[positives], patch_size=8, stride=4)
+    for heat, index in zip(maps, positives):
+        row, col = np.unravel_index(np.argmax(heat), heat.shape)
+        top, left = boxes[index]
+        # A patch overlapping the square hides it; its centre is within half a patch.
+        assert top - 4 <= row < top + SQUARE + 4 and left - 4 <= col < left + SQUARE + 4
+
+
+def test_layer_lookup_errors_and_overlay(trained, tmp_path):
+    model, images, _ = trained
+    with pytest.raises(ValueError, match="tiny_backbone"):
+        explain.find_layer(model, "conv_missing")
+    with pytest.raises(ValueError, match="method"):
+        explain.GradCam(model, layer="features", method="saliency")
+    with pytest.raises(ValueError, match="images.shape"):
+        explain.GradCam(model, layer="features")(images[:, :32])
+    # uint16-range input: the overlay shows the stored intensities.
+    path = explain.save_overlay(tmp_path / "case.png", images[1] * 257, np.random.rand(SIZE, SIZE))
+    assert path.stat().st_size > 2000
+    from PIL import Image
+
+    assert Image.open(path).size == (640, 320)
