@@ -1,0 +1,406 @@
+"""`ClassifierHyperModel`: a recipe file's classifier and stages, with searched values."""
+
+import copy
+import dataclasses
+import math
+
+import keras
+import keras_tuner
+
+from kmedimg import config as config_module
+from kmedimg import recipes as recipes_module
+from kmedimg.tuning.search_space import SearchSpace, TuneSettings
+
+TASKS = ("binary", "multiclass", "multilabel")
+
+
+def _is_learning_rate_option(name):
+    return name == "learning_rate" or name.endswith("_learning_rate")
+
+
+def _is_epochs_option(name):
+    return (name == "epochs" or name.endswith("_epochs")) and name != "warmup_epochs"
+
+
+def scale_epochs(options, total):
+    """Scales a recipe's epoch options (`epochs`, `*_epochs`) to sum to `total`.
+
+    Each stage keeps at least one epoch; rounding gives the leftover epochs to the
+    stages with the largest remainders, so the result is deterministic.
+    """
+    names = [name for name in options if _is_epochs_option(name)]
+    current = [options[name] for name in names]
+    if not names or sum(current) == total:
+        return dict(options)
+    if total < len(names):
+        raise ValueError(
+            f"The recipe has {len(names)} stages, so a trial needs at least {len(names)} "
+            f"epochs. Received: max_epochs={total}"
+        )
+    shares = [total * value / sum(current) for value in current]
+    scaled = [max(1, math.floor(share)) for share in shares]
+    order = sorted(range(len(names)), key=lambda i: shares[i] - math.floor(shares[i]), reverse=True)
+    index = 0
+    while sum(scaled) < total:
+        scaled[order[index % len(order)]] += 1
+        index += 1
+    while sum(scaled) > total:
+        largest = max(range(len(scaled)), key=lambda i: scaled[i])
+        scaled[largest] -= 1
+    out = dict(options, **dict(zip(names, scaled)))
+    if "warmup_epochs" in out and out["warmup_epochs"] >= min(scaled):
+        out["warmup_epochs"] = max(0, min(scaled) - 1)
+    return out
+
+
+def window_recipe(recipe, initial_epoch, epochs):
+    """The part of `recipe` between global epochs `initial_epoch` and `epochs`.
+
+    A Hyperband trial that continues an earlier one trains epochs `initial_epoch..
+    epochs` of the recipe's whole schedule: the stages (or parts of stages) in that
+    window run, each with its own freezing and learning rate.
+    """
+    stages = []
+    start = 0
+    for stage in recipe.stages:
+        end = start + stage.epochs
+        overlap = min(end, epochs) - max(start, initial_epoch)
+        if overlap > 0:
+            warmup = min(stage.warmup_epochs, overlap - 1)
+            stages.append(dataclasses.replace(stage, epochs=overlap, warmup_epochs=warmup))
+        start = end
+    if not stages:
+        raise ValueError(
+            f"No stage of recipe {recipe.name!r} ({recipe.total_epochs} epochs) lies in the "
+            f"epoch window. Received: initial_epoch={initial_epoch}, epochs={epochs}"
+        )
+    return dataclasses.replace(recipe, stages=stages)
+
+
+class ClassifierHyperModel(keras_tuner.HyperModel):
+    """A recipe file's classifier and fine-tuning stages as a Keras Tuner search space.
+
+    `build(hp)` builds the classifier of the recipe file with the searched values
+    (dropout, head width, augmentation, backbone) and prepares its first stage
+    (freezing, optimizer with the searched learning rate and weight decay);
+    `fit(hp, model, ...)` runs *all* the recipe's stages, so a two-stage recipe is
+    tuned as a whole. Values not searched keep the recipe file's. An empty
+    `HyperParameters` gives every searched value its default: the recipe file's own
+    value (clipped into the range), so the defaults reproduce the plain recipe.
+
+    The searched values map onto the recipe file as follows:
+
+    | hyper-parameter | recipe file |
+    | --- | --- |
+    | `learning_rate` | first stage's rate; every `*learning_rate` option keeps its ratio |
+    | `dropout` | `model.dropout` |
+    | `freeze_depth` | `recipe.freeze_depth` (int, blocks from the stem) |
+    | `weight_decay` | `training.weight_decay` |
+    | `hidden_units` | `model.hidden_units` |
+    | `augmentation_strength` | `model.augmentation` (0 = off) |
+    | `backbone` | `model.backbone` |
+    | `recipe` | `recipe.name` (its own defaults, the file's shared options kept) |
+
+    Args:
+        config: The `kmedimg.config.RecipeConfig` of the recipe file.
+        num_classes: Number of classes (1 output for binary). Defaults to `1`.
+        input_shape: Model input `(height, width, channels)`.
+        task: `"binary"`, `"multiclass"` or `"multilabel"`. Defaults to `"binary"`.
+        search_space: A `SearchSpace`, a `search_space:` dict, or `None` for the
+            recipe file's `tune.search_space`. Defaults to `None`.
+        total_epochs: Epochs of one complete trial; the recipe's stage epochs are
+            scaled to sum to it. `None` keeps the recipe's total. Defaults to `None`.
+        **kwargs: `name` and `tunable` of `keras_tuner.HyperModel`.
+
+    Example:
+
+    >>> hypermodel = ClassifierHyperModel(config, num_classes=1, input_shape=(32, 32, 1))
+    >>> model = hypermodel.build(keras_tuner.HyperParameters())  # the recipe's defaults
+    """
+
+    def __init__(self, config, num_classes=1, input_shape=None, task="binary",
+                 search_space=None, total_epochs=None, **kwargs):
+        if not isinstance(config, config_module.RecipeConfig):
+            raise ValueError(
+                "`config` must be a kmedimg.config.RecipeConfig (use "
+                f"kmedimg.config.load_config). Received: config={type(config).__name__}"
+            )
+        if task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be an int >= 1. Received: num_classes={num_classes!r}")
+        if (
+            not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(isinstance(size, int) and size > 0 for size in input_shape)
+        ):
+            raise ValueError(
+                "`input_shape` must be (height, width, channels) of positive ints. "
+                f"Received: input_shape={input_shape!r}"
+            )
+        if search_space is None:
+            search_space = TuneSettings.from_dict(config.tune).search_space
+        elif not isinstance(search_space, SearchSpace):
+            search_space = TuneSettings.from_dict({"search_space": search_space}).search_space
+        self.config = config
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.task = task
+        self.search_space = search_space
+        self._check_choices()
+        base_total = self._recipe_for(config.recipe.name, config.recipe.options).total_epochs
+        if total_epochs is not None and (
+            isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1
+        ):
+            raise ValueError(f"`total_epochs` must be an int >= 1. Received: total_epochs={total_epochs!r}")
+        self.total_epochs = total_epochs or base_total
+        self._block_counts = {}
+        super().__init__(**kwargs)
+
+    # -- validation ------------------------------------------------------------------
+
+    def _check_choices(self):
+        from kmedimg.models import backbones
+
+        known = backbones.list_backbones()
+        for name in self.search_space.backbone or ():
+            if name not in known:
+                raise ValueError(
+                    f"tune.search_space.backbone: unknown backbone. Allowed: {known}. "
+                    f"Received: backbone={name!r}"
+                )
+        for name in self.search_space.recipe or ():
+            if name not in recipes_module.list_recipes():
+                raise ValueError(
+                    "tune.search_space.recipe: unknown recipe. Allowed: "
+                    f"{recipes_module.list_recipes()}. Received: recipe={name!r}"
+                )
+
+    # -- the search space ------------------------------------------------------------
+
+    def backbone_choices(self):
+        return list(self.search_space.backbone or [self.config.model.backbone])
+
+    def recipe_choices(self):
+        return list(self.search_space.recipe or [self.config.recipe.name])
+
+    def num_blocks(self, backbone):
+        """Number of blocks of `backbone` (stem = block 0), counted on a built model."""
+        if backbone not in self._block_counts:
+            from kmedimg import models
+
+            model = models.build_classifier(
+                backbone, self.num_classes, self.input_shape, weights=None, task=self.task,
+                input_dtype=self.config.model.input_dtype,
+            )
+            self._block_counts[backbone] = len(models.backbone_blocks(model))
+            del model
+            keras.backend.clear_session()
+        return self._block_counts[backbone]
+
+    def _options_for(self, recipe_name):
+        """The recipe file's options that `recipe_name`'s factory accepts."""
+        accepted = recipes_module.recipe_options(recipe_name)
+        return {k: v for k, v in self.config.recipe.options.items() if k in accepted}
+
+    def _recipe_for(self, recipe_name, options):
+        return recipes_module.get_recipe(recipe_name, **options)
+
+    def declare_hyperparameters(self, hp):
+        self._declare(hp)
+
+    def _declare(self, hp):
+        """Declares the searched values on `hp` and returns them (with defaults)."""
+        space, model, training = self.search_space, self.config.model, self.config.training
+        values = {}
+        backbones, recipes = self.backbone_choices(), self.recipe_choices()
+        values["backbone"] = (
+            hp.Choice("backbone", backbones,
+                      default=model.backbone if model.backbone in backbones else backbones[0])
+            if len(backbones) > 1 else backbones[0]
+        )
+        values["recipe"] = (
+            hp.Choice("recipe", recipes, default=self.config.recipe.name
+                      if self.config.recipe.name in recipes else recipes[0])
+            if len(recipes) > 1 else recipes[0]
+        )
+        if space.learning_rate is not None:
+            default = self._recipe_for(
+                values["recipe"], self._options_for(values["recipe"])
+            ).stages[0].learning_rate
+            values["learning_rate"] = hp.Float(
+                "learning_rate", space.learning_rate.min, space.learning_rate.max,
+                sampling="log", default=_clip(default, space.learning_rate),
+            )
+        if space.dropout is not None:
+            values["dropout"] = hp.Float(
+                "dropout", space.dropout.min, space.dropout.max, step=space.dropout.step,
+                default=_clip(model.dropout, space.dropout),
+            )
+        if space.freeze_depth is not None:
+            self._declare_freeze_depth(hp, values, backbones, recipes)
+        if space.weight_decay is not None:
+            values["weight_decay"] = hp.Float(
+                "weight_decay", space.weight_decay.min, space.weight_decay.max, sampling="log",
+                default=_clip(training.weight_decay or space.weight_decay.min, space.weight_decay),
+            )
+        if space.hidden_units is not None:
+            choices = list(space.hidden_units)
+            values["hidden_units"] = hp.Choice(
+                "hidden_units", choices,
+                default=model.hidden_units if model.hidden_units in choices else choices[0],
+            )
+        if space.augmentation_strength is not None:
+            current = model.augmentation if isinstance(model.augmentation, (int, float)) else 0.0
+            values["augmentation_strength"] = hp.Float(
+                "augmentation_strength", space.augmentation_strength.min,
+                space.augmentation_strength.max, step=space.augmentation_strength.step,
+                default=_clip(float(current), space.augmentation_strength),
+            )
+        return values
+
+    def _declare_freeze_depth(self, hp, values, backbones, recipes):
+        # Freeze depth exists only for recipes with that option, and its range is the
+        # chosen backbone's number of blocks; both become conditions when searched.
+        with_depth = [r for r in recipes if "freeze_depth" in recipes_module.recipe_options(r)]
+        if not with_depth:
+            return
+        conditional = len(recipes) > 1 and len(with_depth) < len(recipes)
+        scope = hp.conditional_scope("recipe", with_depth) if conditional else _Nothing()
+        with scope:
+            for backbone in backbones:
+                inner = (
+                    hp.conditional_scope("backbone", [backbone]) if len(backbones) > 1
+                    else _Nothing()
+                )
+                with inner:
+                    value = self._freeze_depth_for(hp, backbone, values, with_depth)
+                if backbone == values["backbone"] and values["recipe"] in with_depth:
+                    values["freeze_depth"] = value
+
+    def _freeze_depth_for(self, hp, backbone, values, with_depth):
+        blocks = self.num_blocks(backbone)
+        space = self.search_space.freeze_depth
+        high = blocks if space.max is None else min(space.max, blocks)
+        low = min(space.min, high)
+        recipe = values["recipe"] if values["recipe"] in with_depth else with_depth[0]
+        configured = self._options_for(recipe).get(
+            "freeze_depth", recipes_module.recipe_options(recipe)["freeze_depth"][1]
+        )
+        default = recipes_module.resolve_freeze_depth(configured, blocks)
+        return hp.Int("freeze_depth", low, high, step=space.step,
+                      default=min(max(default, low), high))
+
+    def search_space_config(self):
+        """The declared search space as plain data (recorded in the tuning project)."""
+        hp = keras_tuner.HyperParameters()
+        self._declare(hp)
+        return [
+            {"class": type(p).__name__, "config": p.get_config()} for p in hp.space
+        ]
+
+    def describe(self):
+        """What the models are, beyond the search space (recorded in the project)."""
+        return {
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "task": self.task,
+            "backbone": self.config.model.backbone,
+            "recipe": self.config.recipe.name,
+            "recipe_options": self.config.recipe.options,
+            "weights": self.config.model.weights,
+            "seed": self.config.training.seed,
+            "data": self.config.data.path,
+        }
+
+    # -- searched values -> recipe file ----------------------------------------------
+
+    def trial_config(self, values):
+        """The recipe file with a trial's values filled in (a new `RecipeConfig`).
+
+        Args:
+            values: `hp.values` of a trial (extra `tuner/...` entries are ignored).
+        """
+        config = copy.deepcopy(self.config)
+        backbone = values.get("backbone", self.backbone_choices()[0])
+        recipe = values.get("recipe", self.recipe_choices()[0])
+        options = self._options_for(recipe)
+        if recipe != config.recipe.name:
+            config.recipe = config_module.RecipeSection(name=recipe, options=options)
+        defaults = {k: d for k, (_, d) in recipes_module.recipe_options(recipe).items()}
+        full = dict(defaults, **options)
+        if "learning_rate" in values:
+            first = self._recipe_for(recipe, options).stages[0].learning_rate
+            factor = values["learning_rate"] / first
+            for name in full:
+                if _is_learning_rate_option(name):
+                    options[name] = float(full[name] * factor)
+        if "freeze_depth" in values and "freeze_depth" in full:
+            options["freeze_depth"] = int(values["freeze_depth"])
+        if self.total_epochs != self._recipe_for(recipe, options).total_epochs:
+            scaled = scale_epochs(full, self.total_epochs)
+            options.update({k: v for k, v in scaled.items() if scaled[k] != full.get(k)})
+        config.recipe.options = options
+        config.model.backbone = backbone
+        if "dropout" in values:
+            config.model.dropout = float(values["dropout"])
+        if "hidden_units" in values:
+            config.model.hidden_units = int(values["hidden_units"])
+        if "augmentation_strength" in values:
+            strength = float(values["augmentation_strength"])
+            config.model.augmentation = strength if strength > 0 else None
+        if "weight_decay" in values:
+            config.training.weight_decay = float(values["weight_decay"])
+        return config
+
+    def values(self, hp):
+        """The searched values of `hp` (a trial's or the best), defaults filled in."""
+        return self._declare(hp.copy())
+
+    def resolved_config(self, hp):
+        """The recipe file with `hp`'s values filled in (a new `RecipeConfig`)."""
+        return self.trial_config(self.values(hp))
+
+    # -- Keras Tuner ---------------------------------------------------------------
+
+    def build(self, hp):
+        from kmedimg import training
+
+        config = self.trial_config(self._declare(hp))
+        keras.utils.set_random_seed(config.training.seed)
+        model = training.build_model(config, self.num_classes, self.input_shape, self.task)
+        recipe = self._recipe_for(config.recipe.name, config.recipe.options)
+        training.prepare_stage(model, recipe.stages[0], config)
+        return model
+
+    def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, **kwargs):
+        from kmedimg import training
+
+        config = self.trial_config(self._declare(hp))
+        recipe = self._recipe_for(config.recipe.name, config.recipe.options)
+        recipe = window_recipe(recipe, initial_epoch, epochs or recipe.total_epochs)
+        histories = training.run_stages(model, recipe, config, *args, callbacks=callbacks, **kwargs)
+        return merge_histories(histories)
+
+
+def merge_histories(histories):
+    """One `keras.callbacks.History` with the epochs of every stage, in order."""
+    merged = keras.callbacks.History()
+    merged.history = {}
+    merged.epoch = []
+    for history in histories:
+        for name, values in history.history.items():
+            merged.history.setdefault(name, []).extend(values)
+        merged.epoch.extend(range(len(merged.epoch), len(merged.epoch) + len(history.epoch)))
+    return merged
+
+
+def _clip(value, value_range):
+    return float(min(max(value, value_range.min), value_range.max))
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,75 @@
+"""A live, one-row-per-trial table of a running search."""
+
+import math
+import sys
+import time
+
+
+def format_value(value):
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e4:
+            return f"{value:.4g}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+class TrialTable:
+    """Prints a header once and a row whenever a trial ends.
+
+    Args:
+        objective: Name of the objective metric. Defaults to `"val_auc"`.
+        direction: `"max"` or `"min"`, to track the best so far. Defaults to `"max"`.
+        stream: Where to print. Defaults to `sys.stdout`.
+        worker: Label of this process in the rows (chief/worker runs), or `None`.
+            Defaults to `None`.
+    """
+
+    def __init__(self, objective="val_auc", direction="max", stream=None, worker=None):
+        self.objective = objective
+        self.direction = direction
+        self.stream = stream or sys.stdout
+        self.worker = worker
+        self.started = {}
+        self.best = None
+        self.columns = None
+        self.rows = 0
+
+    def begin(self, trial):
+        self.started[trial.trial_id] = time.monotonic()
+
+    def _header(self, names):
+        self.columns = names
+        cells = ["trial", "status", self.objective, "best"] + names + ["seconds"]
+        if self.worker:
+            cells.append("worker")
+        self._print(cells)
+
+    def end(self, trial):
+        values = trial.hyperparameters.values
+        names = [name.replace("tuner/", "") for name in values if name != "tuner/trial_id"]
+        if self.columns is None or any(name not in self.columns for name in names):
+            self._header(names)
+        by_name = {name.replace("tuner/", ""): value for name, value in values.items()}
+        score = trial.score
+        if score is not None and not math.isnan(score):
+            better = self.best is None or (
+                score > self.best if self.direction == "max" else score < self.best
+            )
+            if better:
+                self.best = score
+        seconds = time.monotonic() - self.started.pop(trial.trial_id, time.monotonic())
+        cells = [
+            trial.trial_id,
+            str(trial.status).replace("TrialStatus.", ""),
+            "-" if score is None else format_value(float(score)),
+            "-" if self.best is None else format_value(float(self.best)),
+        ]
+        cells += [format_value(by_name.get(name, "")) for name in self.columns]
+        cells.append(f"{seconds:.1f}")
+        if self.worker:
+            cells.append(self.worker)
+        self._print(cells)
+        self.rows += 1
+
+    def _print(self, cells):
+        print("  ".join(f"{cell:>10}" for cell in cells), file=self.stream, flush=True)
