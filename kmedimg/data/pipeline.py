@@ -175,6 +175,42 @@ def _normalize_size(image_size, manifest):
     )
 
 
+def _checked_records(path, expected, compression):
+    """The records of one shard file, failing with the file's name when it is damaged.
+
+    TFRecordDataset stops silently at a truncated tail and reports a corrupt record
+    as "corrupted record at N" without the file name. Reading with `ignore_errors`
+    and comparing the record count with the manifest turns both into an error that
+    names the shard. Counting happens on chunks of 256 records, so the per-record
+    cost is one `unbatch`.
+    """
+    chunks = tf.data.TFRecordDataset(path, compression_type=compression)
+    chunks = chunks.ignore_errors().batch(256)
+    chunks = chunks.map(lambda chunk: (chunk, False))
+    chunks = chunks.concatenate(
+        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
+    )
+
+    def count(total, element):
+        chunk, is_end = element
+        total = total + tf.shape(chunk, out_type=tf.int64)[0]
+        return total, (chunk, is_end, total)
+
+    def keep(chunk, is_end, total):
+        complete = tf.logical_or(tf.logical_not(is_end), tf.equal(total, expected))
+        check = tf.debugging.Assert(
+            complete,
+            ["kmedimg: shard", path, "is corrupt or truncated: read", total,
+             "valid records, the manifest lists", expected,
+             "(kmedimg.data.pipeline.verify checks every shard's sha256)"],
+        )
+        with tf.control_dependencies([check]):
+            return tf.logical_not(is_end)
+
+    chunks = chunks.scan(tf.constant(0, tf.int64), count).filter(keep)
+    return chunks.map(lambda chunk, is_end, total: chunk).unbatch()
+
+
 def sharding_mode(num_files, input_context):
     """How `load` splits a split across input pipelines: "none", "file" or "record".
 
@@ -202,6 +238,7 @@ def load(
     repeat=None,
     drop_remainder=None,
     check_files=True,
+    check_records=True,
 ):
     """Builds the tf.data pipeline of one split.
 
@@ -231,6 +268,9 @@ def load(
             Defaults to `None`.
         check_files: stat every shard against the manifest's byte counts first, so a
             truncated or missing file is named before reading. Defaults to `True`.
+        check_records: count each shard's readable records against the manifest while
+            reading, so a corrupt shard fails with an error naming the file (instead
+            of TensorFlow's nameless "corrupted record at N"). Defaults to `True`.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images float32 [B, H, W, C] in the
@@ -262,6 +302,7 @@ def load(
         _check_shard_sizes(manifest, info.shards)
 
     files = [_join(manifest.directory, shard.path) for shard in info.shards]
+    expected = tf.constant([int(shard.records) for shard in info.shards], tf.int64)
     mode = sharding_mode(len(files), input_context)
     per_replica_batch = batch_size
     if input_context is not None:
@@ -287,7 +328,7 @@ def load(
     parse = parser.parse_fn(training)
     compression = "" if manifest.compression == "NONE" else manifest.compression
 
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+    dataset = tf.data.Dataset.from_tensor_slices((files, expected))
     local_files = len(files)
     if mode == "file":
         dataset = dataset.shard(input_context.num_input_pipelines,
@@ -298,8 +339,14 @@ def load(
     ordered = deterministic or mode == "record"
     if training and mode != "record" and local_files > 1:
         dataset = dataset.shuffle(local_files, seed=seed, reshuffle_each_iteration=True)
+    if check_records:
+        def read(path, records):
+            return _checked_records(path, records, compression)
+    else:
+        def read(path, records):
+            return tf.data.TFRecordDataset(path, compression_type=compression)
     dataset = dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+        read,
         cycle_length=max(1, min(local_files, 16)),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
