@@ -1,0 +1,86 @@
+"""Blocks of a classifier's backbone, and freezing by block."""
+
+import math
+import numbers
+
+from kmedimg.models.backbones import get_backbone
+from kmedimg.models.pretrained import get_backbone_model
+
+
+def backbone_blocks(model):
+    """The backbone's layers grouped into its ordered blocks.
+
+    Args:
+        model: a classifier from `build_classifier` (or a bare registered
+            backbone model), also after a `.keras` save/load.
+
+    Returns:
+        List of `(block_name, [keras layers])`; the stem is block 0; the head is
+        not included. Every weighted backbone layer is in exactly one block.
+
+    Example:
+
+    >>> model = build_classifier("mobilenetv2", 1, (96, 96, 1))
+    >>> [name for name, _ in backbone_blocks(model)][:3]
+    ['stem', 'block_0', 'block_1']
+    """
+    backbone = get_backbone_model(model)
+    return get_backbone(backbone.name).assign_blocks(backbone)
+
+
+def resolve_freeze_depth(freeze_depth, num_blocks):
+    """Turns an int, a fraction in (0, 1] or `"all"` into a number of blocks.
+
+    Raises:
+        ValueError: listing the allowed values.
+    """
+    allowed = f"an int in [0, {num_blocks}], a float in (0, 1] or 'all'"
+    if freeze_depth == "all":
+        return num_blocks
+    if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, numbers.Real):
+        raise ValueError(f"Argument `freeze_depth` must be {allowed}. Received: freeze_depth={freeze_depth!r}")
+    if isinstance(freeze_depth, numbers.Integral):
+        if not 0 <= freeze_depth <= num_blocks:
+            raise ValueError(
+                f"Argument `freeze_depth` must be {allowed} (this backbone has {num_blocks} "
+                f"blocks). Received: freeze_depth={freeze_depth}"
+            )
+        return int(freeze_depth)
+    if not 0.0 < freeze_depth <= 1.0:
+        raise ValueError(f"Argument `freeze_depth` must be {allowed}. Received: freeze_depth={freeze_depth}")
+    # Round half up, but a positive fraction always freezes at least the stem.
+    return max(1, min(num_blocks, math.floor(freeze_depth * num_blocks + 0.5)))
+
+
+def freeze_backbone(model, freeze_depth):
+    """Freezes the first `freeze_depth` backbone blocks and unfreezes the rest.
+
+    The stem is block 0, so `freeze_depth=1` freezes only the stem and
+    `freeze_depth=0` trains the whole backbone. The head always stays trainable.
+    Frozen BatchNormalization layers run in inference mode (Keras 3 runs a
+    non-trainable BatchNormalization with its moving statistics, whatever the
+    `training` flag). The state is stored in each layer's `trainable` flag, so it
+    survives `.keras` save/load. Compile the model after changing it.
+
+    Args:
+        model: a classifier from `build_classifier`.
+        freeze_depth: number of blocks (int), a fraction of the blocks in
+            (0, 1] (rounded, at least one block), or `"all"`.
+
+    Returns:
+        The number of frozen blocks.
+
+    Example:
+
+    >>> model = build_classifier("resnet50", 1, (64, 64, 3))
+    >>> freeze_backbone(model, 0.5)
+    3
+    """
+    blocks = backbone_blocks(model)
+    depth = resolve_freeze_depth(freeze_depth, len(blocks))
+    backbone = get_backbone_model(model)
+    backbone.trainable = True
+    for _, layers in blocks[:depth]:
+        for layer in layers:
+            layer.trainable = False
+    return depth
