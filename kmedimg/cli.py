@@ -9,7 +9,9 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = []
+SUBCOMMANDS = [
+    "kmedimg.models.command:add_parser",
+]
 
 
 def build_parser():

@@ -259,6 +259,10 @@ def get_backbone(name):
         return name
     key = _normalise(name)
     if key not in _REGISTRY:
+        # Accept Keras-style spellings: "ResNet50V2", "mobilenet_v2", "EfficientNet-B0".
+        compact = {registered.replace("_", ""): registered for registered in _REGISTRY}
+        key = compact.get(key.replace("_", ""), key)
+    if key not in _REGISTRY:
         raise ValueError(
             f"Unknown backbone. Registered backbones: {', '.join(sorted(_REGISTRY))}. "
             f"Received: backbone={name!r}"
