@@ -35,6 +35,9 @@ def require_tensorflow():
     """
     # Keras 3 picks its backend at import; kmedimg's input pipeline is tf.data.
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the CLI's output;
+    # a user who wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
     except ImportError as error:
