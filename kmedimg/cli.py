@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = [
     "kmedimg.models.command:add_parser",
+    "kmedimg.tuning.command:add_tune_command",
 ]
 
 
