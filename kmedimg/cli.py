@@ -10,6 +10,8 @@ import importlib
 import sys
 
 SUBCOMMANDS = [
+    "kmedimg.data.cli:add_convert_command",
+    "kmedimg.data.cli:add_inspect_command",
     "kmedimg.models.command:add_parser",
     "kmedimg.tuning.command:add_tune_command",
 ]

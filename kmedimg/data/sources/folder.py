@@ -1,0 +1,165 @@
+"""Class-per-folder image trees: `root/<class>/**/<image>`."""
+
+import os
+
+from kmedimg.data.sources import image_files
+from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.data.sources.registry import register_source
+
+
+@register_source("folder")
+class FolderSource:
+    """Images in a class-per-folder tree, one item at a time.
+
+    Every immediate, non-hidden sub-folder of `root` is a class (sorted by name unless
+    `classes` gives the order); its files, at any depth, are the class's images.
+    Files are recognised by content (PNG, JPEG, BMP, TIFF), so a PNG named `.jpg` is
+    fine. Every file under a class folder becomes an `Item` or a `Rejected` with the
+    reason (not an image, unsupported format, truncated, multi-frame, ...); files
+    lying directly in `root` are rejected as "outside any class folder". Hidden
+    folders in `root` (`.git`, `.ipynb_checkpoints`) and folders left out by `classes`
+    are not read and are listed in `describe()["ignored_directories"]`.
+
+    Channel and bit-depth policy (see `kmedimg.data.sources.image_files`): with
+    `channels="auto"` the tree becomes 1-channel when every image is grey-ish (grey
+    modes, or colour files whose channels differ by at most `grey_tolerance` on
+    average) and 3-channel otherwise; alpha is composited onto black; palette images
+    are expanded. `"auto"` costs one extra, reduced-size decoding pass over the files,
+    done once and cached; pass `channels=1` or `3` to skip it.
+
+    Args:
+        root: the tree's root directory.
+        classes: class folder names to read, in label order. Defaults to `None`
+            (every non-hidden sub-folder, sorted).
+        channels: `"auto"`, 1 or 3. Defaults to `"auto"`.
+        dtype: `"auto"` (uint16 when every image is 16-bit, else uint8), `"uint8"` or
+            `"uint16"`. Defaults to `"auto"`.
+        grey_tolerance: mean channel deviation (0..255 scale) up to which a colour
+            image counts as grey for `channels="auto"`. Defaults to `8.0`.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        ValueError: `root` holds no class folders, fewer than two, empty class folders,
+            or `classes` names a folder that does not exist.
+
+    Example:
+
+    ```python
+    source = FolderSource("brain_tumor_mri_yes_no", channels=1)
+    source.class_names  # ['no', 'yes']
+    items = [item for item in source if isinstance(item, Item)]
+    ```
+    """
+
+    def __init__(self, root, classes=None, channels="auto", dtype="auto", grey_tolerance=8.0):
+        root = os.fspath(root)
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"Image folder not found: {root}")
+        if not os.path.isdir(root):
+            raise ValueError(
+                f"`root` must be a directory of class folders. Received: root={root!r}"
+            )
+        self.root = root
+        self.channels = image_files.check_channels(channels)
+        self.dtype = image_files.check_dtype(dtype)
+        self.grey_tolerance = float(grey_tolerance)
+        self._resolved = None
+
+        entries = sorted(os.listdir(root))
+        folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+        visible = [f for f in folders if not f.startswith(".")]
+        self._stray_files = [
+            e for e in entries if not e.startswith(".") and os.path.isfile(os.path.join(root, e))
+        ]
+        if classes is None:
+            classes = visible
+        else:
+            classes = [str(name) for name in classes]
+            missing = [name for name in classes if name not in folders]
+            if missing:
+                raise ValueError(
+                    f"{root}: `classes` names folders that do not exist: {missing}. "
+                    f"Folders present: {visible}. Received: classes={classes}"
+                )
+            if len(set(classes)) != len(classes):
+                raise ValueError(f"`classes` has repeated names. Received: classes={classes}")
+        if not classes:
+            raise ValueError(
+                f"{root}: no class folders found; expected root/<class>/<image files>. "
+                f"Received: root={root!r} holding {len(entries)} entries"
+            )
+        if len(classes) < 2:
+            raise ValueError(
+                f"{root}: a classification tree needs at least 2 class folders. "
+                f"Received: classes={classes}"
+            )
+        empty = [name for name in classes if not self._has_files(os.path.join(root, name))]
+        if empty:
+            raise ValueError(
+                f"{root}: class folders with no files: {empty}. Remove them or pass "
+                f"`classes` without them (CLI: --classes). Received: classes={classes}"
+            )
+        self.class_names = list(classes)
+        self.task = "binary" if len(classes) == 2 else "multiclass"
+        self.ignored_directories = [f for f in folders if f not in self.class_names]
+
+    @classmethod
+    def from_spec(cls, spec, **options):
+        return cls(spec, **options)
+
+    @staticmethod
+    def sniff(spec):
+        return 1 if os.path.isdir(spec) else 0
+
+    @staticmethod
+    def _has_files(folder):
+        for _, _, filenames in os.walk(folder):
+            if filenames:
+                return True
+        return False
+
+    def _files(self):
+        """Yields `(relative_path, absolute_path, class_name)` in a stable order."""
+        for class_name in self.class_names:
+            class_root = os.path.join(self.root, class_name)
+            for dirpath, dirnames, filenames in os.walk(class_root):
+                dirnames.sort()
+                for filename in sorted(filenames):
+                    path = os.path.join(dirpath, filename)
+                    relative = os.path.relpath(path, self.root).replace(os.sep, "/")
+                    yield relative, path, class_name
+
+    def resolve(self):
+        """The `(channels, dtype)` actually written (runs the `"auto"` scan once)."""
+        if self._resolved is None:
+            paths = (path for _, path, _ in self._files())
+            self._resolved = image_files.scan(
+                paths, self.channels, self.dtype, self.grey_tolerance
+            )
+        return self._resolved
+
+    def __iter__(self):
+        channels, dtype = self.resolve()
+        for name in self._stray_files:
+            yield Rejected(name, "file outside any class folder")
+        for relative, path, class_name in self._files():
+            try:
+                pixels = image_files.load(path, channels, dtype)
+            except image_files.ImageFileError as error:
+                yield Rejected(relative, str(error))
+                continue
+            yield Item(source=relative, pixels=pixels, labels=(class_name,))
+
+    def describe(self):
+        channels, dtype = self.resolve()
+        return {
+            "format": "folder",
+            "root": os.path.abspath(self.root),
+            "classes": list(self.class_names),
+            "channels": channels,
+            "dtype": dtype,
+            "channel_policy": self.channels,
+            "dtype_policy": self.dtype,
+            "grey_tolerance": self.grey_tolerance,
+            "ignored_directories": list(self.ignored_directories),
+        }
