@@ -8,9 +8,8 @@ import os
 import keras_tuner
 import pytest
 
-from kmedimg import recipes
 from kmedimg.tuning import distributed, project, results
-from kmedimg.tuning.hypermodel import scale_epochs, window_recipe
+from kmedimg.tuning.hypermodel import scale_epochs
 from kmedimg.tuning.search_space import FloatRange, IntRange, SearchSpace, TuneSettings
 from kmedimg.tuning.table import TrialTable
 from kmedimg.tuning.tuners import get_tuner_class, list_tuners
@@ -44,12 +43,17 @@ def test_yaml_section_is_parsed_and_round_trips():
     assert TuneSettings.from_dict(settings.to_dict()) == settings
 
 
-def test_the_config_modules_tune_dataclass_is_accepted():
-    from kmedimg.config import TuneConfig
+def test_recipe_files_tune_section_is_checked_when_loaded(tmp_path):
+    from kmedimg.config import load_config
 
-    settings = TuneSettings.from_dict(TuneConfig(search_space={"dropout": None}))
-    assert settings.search_space.dropout is None
-    assert settings.directory == "runs/tune"
+    good = tmp_path / "good.yaml"
+    good.write_text("tune: {tuner: grid, search_space: {dropout: null}}\n")
+    settings = TuneSettings.from_dict(load_config(good).tune)
+    assert settings.tuner == "grid" and settings.search_space.dropout is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tune: {search_space: {dropout: [0.1, 1.5]}}\n")
+    with pytest.raises(ValueError, match=r"tune.search_space.dropout in .*bad.yaml: must lie in \[0, 1\)"):
+        load_config(bad)
 
 
 @pytest.mark.parametrize(
@@ -83,19 +87,6 @@ def test_scale_epochs_keeps_proportions_and_one_epoch_per_stage():
     assert scale_epochs(options, 13) == options
     with pytest.raises(ValueError, match="at least 2"):
         scale_epochs(options, 1)
-
-
-def test_window_recipe_runs_the_stages_of_a_hyperband_continuation():
-    recipe = recipes.get_recipe("two_stage", head_epochs=2, finetune_epochs=4)
-    whole = window_recipe(recipe, 0, 6)
-    assert [(s.name, s.epochs) for s in whole.stages] == [("head_warmup", 2), ("finetune", 4)]
-    first = window_recipe(recipe, 0, 1)
-    assert [(s.name, s.epochs) for s in first.stages] == [("head_warmup", 1)]
-    rest = window_recipe(recipe, 1, 4)
-    assert [(s.name, s.epochs) for s in rest.stages] == [("head_warmup", 1), ("finetune", 2)]
-    assert rest.stages[1].freeze_depth == recipe.stages[1].freeze_depth
-    with pytest.raises(ValueError, match="epoch window"):
-        window_recipe(recipe, 6, 8)
 
 
 def test_project_records_its_search_and_refuses_another(tmp_path):

@@ -6,7 +6,7 @@ chief/worker capable), `run_search` (what `kmedimg tune` runs).
 """
 
 from kmedimg.tuning.distributed import configure_role, serve_oracle
-from kmedimg.tuning.hypermodel import ClassifierHyperModel, scale_epochs, window_recipe
+from kmedimg.tuning.hypermodel import ClassifierHyperModel, history_from_rows, scale_epochs
 from kmedimg.tuning.results import export_results
 from kmedimg.tuning.search import SearchResult, run_search, settings_for
 from kmedimg.tuning.search_space import FloatRange, IntRange, SearchSpace, TuneSettings
@@ -24,6 +24,7 @@ __all__ = [
     "configure_role",
     "export_results",
     "get_tuner_class",
+    "history_from_rows",
     "list_tuners",
     "make_tuner",
     "register_tuner",
@@ -31,5 +32,4 @@ __all__ = [
     "scale_epochs",
     "serve_oracle",
     "settings_for",
-    "window_recipe",
 ]

@@ -57,13 +57,6 @@ def _run(args):
         config, tuner=args.tuner, max_trials=args.max_trials, max_epochs=args.max_epochs,
         project_name=args.project_name, directory=args.directory,
     )
-    if args.tuner is None and "tuner" not in (config_module.read_yaml(args.recipe) or {}).get(
-        "tune", {}
-    ):
-        # The default search is Hyperband when the file does not name a tuner.
-        import dataclasses
-
-        settings = dataclasses.replace(settings, tuner="hyperband")
     run_search(
         config, settings=settings, recipe_path=args.recipe, overwrite=args.overwrite,
         role=args.role, oracle_address=args.oracle_address, tuner_id=args.tuner_id,

@@ -1,8 +1,8 @@
 """`ClassifierHyperModel`: a recipe file's classifier and stages, with searched values."""
 
 import copy
-import dataclasses
 import math
+import tempfile
 
 import keras
 import keras_tuner
@@ -53,40 +53,17 @@ def scale_epochs(options, total):
     return out
 
 
-def window_recipe(recipe, initial_epoch, epochs):
-    """The part of `recipe` between global epochs `initial_epoch` and `epochs`.
-
-    A Hyperband trial that continues an earlier one trains epochs `initial_epoch..
-    epochs` of the recipe's whole schedule: the stages (or parts of stages) in that
-    window run, each with its own freezing and learning rate.
-    """
-    stages = []
-    start = 0
-    for stage in recipe.stages:
-        end = start + stage.epochs
-        overlap = min(end, epochs) - max(start, initial_epoch)
-        if overlap > 0:
-            warmup = min(stage.warmup_epochs, overlap - 1)
-            stages.append(dataclasses.replace(stage, epochs=overlap, warmup_epochs=warmup))
-        start = end
-    if not stages:
-        raise ValueError(
-            f"No stage of recipe {recipe.name!r} ({recipe.total_epochs} epochs) lies in the "
-            f"epoch window. Received: initial_epoch={initial_epoch}, epochs={epochs}"
-        )
-    return dataclasses.replace(recipe, stages=stages)
-
-
 class ClassifierHyperModel(keras_tuner.HyperModel):
     """A recipe file's classifier and fine-tuning stages as a Keras Tuner search space.
 
-    `build(hp)` builds the classifier of the recipe file with the searched values
-    (dropout, head width, augmentation, backbone) and prepares its first stage
-    (freezing, optimizer with the searched learning rate and weight decay);
-    `fit(hp, model, ...)` runs *all* the recipe's stages, so a two-stage recipe is
-    tuned as a whole. Values not searched keep the recipe file's. An empty
-    `HyperParameters` gives every searched value its default: the recipe file's own
-    value (clipped into the range), so the defaults reproduce the plain recipe.
+    A trial is a real `kmedimg.training.run` of the recipe file with the trial's
+    values filled in (see `trial_config`): the same model builder, stages, seeds,
+    strategy and checkpointing as `kmedimg train`, so a two-stage recipe is tuned as
+    a whole and the best recipe, trained again, gives the best trial's score.
+    `build(hp)` builds that trial's model and prepares its first stage (freezing,
+    optimizer with the searched learning rate and weight decay), for inspection and
+    for Keras Tuner's API. An empty `HyperParameters` gives every searched value its
+    default: the recipe file's own value (clipped into the range).
 
     The searched values map onto the recipe file as follows:
 
@@ -102,61 +79,74 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
     | `recipe` | `recipe.name` (its own defaults, the file's shared options kept) |
 
     Args:
-        config: The `kmedimg.config.RecipeConfig` of the recipe file.
-        num_classes: Number of classes (1 output for binary). Defaults to `1`.
-        input_shape: Model input `(height, width, channels)`.
-        task: `"binary"`, `"multiclass"` or `"multilabel"`. Defaults to `"binary"`.
+        config: The `kmedimg.config.RecipeConfig` of the recipe file (with `data.path`).
         search_space: A `SearchSpace`, a `search_space:` dict, or `None` for the
             recipe file's `tune.search_space`. Defaults to `None`.
         total_epochs: Epochs of one complete trial; the recipe's stage epochs are
-            scaled to sum to it. `None` keeps the recipe's total. Defaults to `None`.
+            scaled to sum to it (Hyperband gives each trial its own budget the same
+            way). `None` keeps the recipe's total. Defaults to `None`.
+        objective: The metric trials are scored and checkpointed by.
+            Defaults to `"val_auc"`.
+        manifest: The dataset's `Manifest`; `None` reads `config.data.path`.
+            Defaults to `None`.
         **kwargs: `name` and `tunable` of `keras_tuner.HyperModel`.
 
     Example:
 
-    >>> hypermodel = ClassifierHyperModel(config, num_classes=1, input_shape=(32, 32, 1))
+    >>> config = load_config("recipes/quickstart.yaml", ["data.path=/tmp/phantoms"])
+    >>> hypermodel = ClassifierHyperModel(config)
     >>> model = hypermodel.build(keras_tuner.HyperParameters())  # the recipe's defaults
     """
 
-    def __init__(self, config, num_classes=1, input_shape=None, task="binary",
-                 search_space=None, total_epochs=None, **kwargs):
+    def __init__(self, config, search_space=None, total_epochs=None, objective="val_auc",
+                 manifest=None, **kwargs):
         if not isinstance(config, config_module.RecipeConfig):
             raise ValueError(
                 "`config` must be a kmedimg.config.RecipeConfig (use "
                 f"kmedimg.config.load_config). Received: config={type(config).__name__}"
             )
-        if task not in TASKS:
-            raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be an int >= 1. Received: num_classes={num_classes!r}")
-        if (
-            not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
-            or not all(isinstance(size, int) and size > 0 for size in input_shape)
-        ):
-            raise ValueError(
-                "`input_shape` must be (height, width, channels) of positive ints. "
-                f"Received: input_shape={input_shape!r}"
-            )
+        if manifest is None:
+            if not config.data.path:
+                raise ValueError(
+                    "No dataset: set `data.path` in the recipe or pass --data DIR. "
+                    "Received: data.path=None"
+                )
+            from kmedimg.data import pipeline
+
+            manifest = pipeline.read_manifest(config.data.path)
+        for split in (config.data.train_split, config.data.val_split):
+            if split not in manifest.splits:
+                raise ValueError(
+                    f"{config.data.path}: tuning needs the split {split!r}; available: "
+                    f"{sorted(manifest.splits)}. Received: {split!r}"
+                )
         if search_space is None:
             search_space = TuneSettings.from_dict(config.tune).search_space
         elif not isinstance(search_space, SearchSpace):
             search_space = TuneSettings.from_dict({"search_space": search_space}).search_space
+        if not isinstance(objective, str) or not objective:
+            raise ValueError(f"`objective` must be a metric name. Received: objective={objective!r}")
         self.config = config
-        self.num_classes = num_classes
-        self.input_shape = tuple(input_shape)
-        self.task = task
+        self.manifest = manifest
         self.search_space = search_space
+        self.objective = objective
+        self.task = manifest.task
+        # Model outputs: 1 for binary, the class count otherwise.
+        self.num_classes = 1 if manifest.task == "binary" else manifest.num_classes
+        self.input_shape = _input_shape(config, manifest)
         self._check_choices()
-        base_total = self._recipe_for(config.recipe.name, config.recipe.options).total_epochs
+        base = self._recipe_for(config.recipe.name, config.recipe.options)
         if total_epochs is not None and (
-            isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1
+            isinstance(total_epochs, bool) or not isinstance(total_epochs, int)
+            or total_epochs < len(base.stages)
         ):
-            raise ValueError(f"`total_epochs` must be an int >= 1. Received: total_epochs={total_epochs!r}")
-        self.total_epochs = total_epochs or base_total
+            raise ValueError(
+                f"`total_epochs` must be an int >= the recipe's {len(base.stages)} stages. "
+                f"Received: total_epochs={total_epochs!r}"
+            )
+        self.total_epochs = total_epochs or base.total_epochs
         self._block_counts = {}
         super().__init__(**kwargs)
-
-    # -- validation ------------------------------------------------------------------
 
     def _check_choices(self):
         from kmedimg.models import backbones
@@ -232,10 +222,10 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
                 sampling="log", default=_clip(default, space.learning_rate),
             )
         if space.dropout is not None:
-            values["dropout"] = hp.Float(
+            values["dropout"] = _tidy(hp.Float(
                 "dropout", space.dropout.min, space.dropout.max, step=space.dropout.step,
                 default=_clip(model.dropout, space.dropout),
-            )
+            ))
         if space.freeze_depth is not None:
             self._declare_freeze_depth(hp, values, backbones, recipes)
         if space.weight_decay is not None:
@@ -251,11 +241,11 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
             )
         if space.augmentation_strength is not None:
             current = model.augmentation if isinstance(model.augmentation, (int, float)) else 0.0
-            values["augmentation_strength"] = hp.Float(
+            values["augmentation_strength"] = _tidy(hp.Float(
                 "augmentation_strength", space.augmentation_strength.min,
                 space.augmentation_strength.max, step=space.augmentation_strength.step,
                 default=_clip(float(current), space.augmentation_strength),
-            )
+            ))
         return values
 
     def _declare_freeze_depth(self, hp, values, backbones, recipes):
@@ -314,18 +304,21 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
 
     # -- searched values -> recipe file ----------------------------------------------
 
-    def trial_config(self, values):
+    def trial_config(self, values, epochs=None):
         """The recipe file with a trial's values filled in (a new `RecipeConfig`).
 
+        This is also the best recipe `kmedimg tune` writes, ready for `kmedimg train`.
+
         Args:
-            values: `hp.values` of a trial (extra `tuner/...` entries are ignored).
+            values: the searched values (`values(hp)`).
+            epochs: the trial's epoch budget; the stages are scaled to it (each keeps
+                at least one epoch). `None` is `total_epochs`. Defaults to `None`.
         """
         config = copy.deepcopy(self.config)
+        total = max(int(epochs or self.total_epochs), 1)
         backbone = values.get("backbone", self.backbone_choices()[0])
         recipe = values.get("recipe", self.recipe_choices()[0])
         options = self._options_for(recipe)
-        if recipe != config.recipe.name:
-            config.recipe = config_module.RecipeSection(name=recipe, options=options)
         defaults = {k: d for k, (_, d) in recipes_module.recipe_options(recipe).items()}
         full = dict(defaults, **options)
         if "learning_rate" in values:
@@ -336,10 +329,13 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
                     options[name] = float(full[name] * factor)
         if "freeze_depth" in values and "freeze_depth" in full:
             options["freeze_depth"] = int(values["freeze_depth"])
-        if self.total_epochs != self._recipe_for(recipe, options).total_epochs:
-            scaled = scale_epochs(full, self.total_epochs)
-            options.update({k: v for k, v in scaled.items() if scaled[k] != full.get(k)})
-        config.recipe.options = options
+        full = dict(defaults, **options)
+        stages = len(self._recipe_for(recipe, options).stages)
+        total = max(total, stages)
+        if total != self._recipe_for(recipe, options).total_epochs:
+            scaled = scale_epochs(full, total)
+            options.update({k: v for k, v in scaled.items() if v != full.get(k)})
+        config.recipe = config_module.RecipeSection(name=recipe, options=options)
         config.model.backbone = backbone
         if "dropout" in values:
             config.model.dropout = float(values["dropout"])
@@ -350,6 +346,9 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
             config.model.augmentation = strength if strength > 0 else None
         if "weight_decay" in values:
             config.training.weight_decay = float(values["weight_decay"])
+        # The best checkpoint of a trial is the one the search scores it by.
+        config.training.monitor = self.objective
+        config.training.run_dir = None
         return config
 
     def values(self, hp):
@@ -363,35 +362,77 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
     # -- Keras Tuner ---------------------------------------------------------------
 
     def build(self, hp):
+        """The trial's classifier, with its first stage's freezing and optimizer."""
         from kmedimg import training
 
         config = self.trial_config(self._declare(hp))
-        keras.utils.set_random_seed(config.training.seed)
-        model = training.build_model(config, self.num_classes, self.input_shape, self.task)
         recipe = self._recipe_for(config.recipe.name, config.recipe.options)
-        training.prepare_stage(model, recipe.stages[0], config)
+        keras.utils.set_random_seed(config.training.seed)
+        model = training.build_model(
+            config, self.num_classes, self.input_shape, task=self.task, recipe=recipe
+        )
+        steps = max(1, self.manifest.splits[config.data.train_split].count
+                    // config.data.batch_size)
+        training.prepare_stage(model, recipe.stages[0], config, steps_per_epoch=steps,
+                               task=self.task)
         return model
 
-    def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, **kwargs):
+    def fit(self, hp, model=None, *args, run_dir=None, epochs=None, execution=0, **kwargs):
+        """Trains the trial: `kmedimg.training.run` of `trial_config` into `run_dir`.
+
+        `model` is not used: the run builds the trial's model itself, inside the
+        strategy of the recipe file, exactly as `kmedimg train` would. Running again
+        with the same `run_dir` resumes an interrupted trial.
+
+        Args:
+            hp: the trial's `HyperParameters`.
+            model: ignored (Keras Tuner's API passes the built model).
+            run_dir: the trial's run directory; `None` makes a temporary one.
+            epochs: the trial's epoch budget (Hyperband's `tuner/epochs`).
+            execution: index of a repeated execution; its seed is `seed + execution`.
+
+        Returns:
+            A `keras.callbacks.History` with one entry per epoch over all stages.
+        """
         from kmedimg import training
 
-        config = self.trial_config(self._declare(hp))
-        recipe = self._recipe_for(config.recipe.name, config.recipe.options)
-        recipe = window_recipe(recipe, initial_epoch, epochs or recipe.total_epochs)
-        histories = training.run_stages(model, recipe, config, *args, callbacks=callbacks, **kwargs)
-        return merge_histories(histories)
+        config = self.trial_config(self._declare(hp), epochs=epochs)
+        config.training.seed += execution
+        config.training.run_dir = run_dir or tempfile.mkdtemp(prefix="kmedimg-trial-")
+        config.training.verbose = 0
+        # Trials are scored on the validation objective; intervals are for the final run.
+        config.evaluation.bootstrap = 0
+        result = training.run(config, progress=False)
+        return history_from_rows(result.history)
 
 
-def merge_histories(histories):
-    """One `keras.callbacks.History` with the epochs of every stage, in order."""
-    merged = keras.callbacks.History()
-    merged.history = {}
-    merged.epoch = []
-    for history in histories:
-        for name, values in history.history.items():
-            merged.history.setdefault(name, []).extend(values)
-        merged.epoch.extend(range(len(merged.epoch), len(merged.epoch) + len(history.epoch)))
-    return merged
+def history_from_rows(rows):
+    """A `keras.callbacks.History` from `history.csv` rows (numeric columns only)."""
+    history = keras.callbacks.History()
+    history.history = {}
+    history.epoch = list(range(len(rows)))
+    skip = {"stage", "epoch", "global_epoch"}
+    for row in rows:
+        for name, value in row.items():
+            if name in skip or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            history.history.setdefault(name, []).append(float(value))
+    return history
+
+
+def _input_shape(config, manifest):
+    size = config.data.image_size
+    if size is None:
+        size = (manifest.height, manifest.width)
+    elif isinstance(size, int):
+        size = (size, size)
+    channels = config.data.channels or manifest.channels
+    return (int(size[0]), int(size[-1]), int(channels))
+
+
+def _tidy(value):
+    # Stepped ranges give 0.30000000000000004; the recipe file should say 0.3.
+    return None if value is None else round(float(value), 10)
 
 
 def _clip(value, value_range):

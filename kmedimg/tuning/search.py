@@ -82,8 +82,6 @@ def run_search(
     Returns:
         A `SearchResult`.
     """
-    from kmedimg import training
-
     stream = stream or sys.stdout
     settings = settings or TuneSettings.from_dict(config.tune)
     if settings.project_name is None:
@@ -91,24 +89,19 @@ def run_search(
         settings = dataclasses.replace(settings, project_name=stem)
     worker_label = distributed.configure_role(role, oracle_address, tuner_id)
 
-    data = training.prepare_data(config)
     hypermodel = ClassifierHyperModel(
-        config, num_classes=data.num_classes, input_shape=data.input_shape, task=data.task,
-        search_space=settings.search_space, total_epochs=settings.max_epochs,
+        config, search_space=settings.search_space, total_epochs=settings.max_epochs,
+        objective=settings.objective,
     )
     table = TrialTable(settings.objective, settings.direction, stream=stream, worker=worker_label)
     tuner = make_tuner(
-        hypermodel, settings, overwrite=overwrite and role != "worker",
-        strategy=training.get_strategy(config), table=table,
+        hypermodel, settings, overwrite=overwrite and role != "worker", table=table,
     )
     project_dir = os.path.join(settings.directory, settings.project_name)
     if role == "chief":
         print(f"chief: serving {settings.tuner} search of {project_dir} on {oracle_address}",
               file=stream, flush=True)
-    tuner.search(
-        data.train, validation_data=data.val, steps_per_epoch=data.steps_per_epoch,
-        validation_steps=data.validation_steps, callbacks=[],
-    )
+    tuner.search()
     result = SearchResult(project_dir=project_dir, role=role,
                           trials_run_here=list(tuner.finished_here))
     if role == "worker":

@@ -33,7 +33,7 @@ DIRECTIONS = ("max", "min")
 
 def _error(key, message, value, source):
     where = f" in {source}" if source else ""
-    return ValueError(f"tune.{key}{where}: {message} Received: {key}={value!r}")
+    return ValueError(f"tune.{key}{where}: {message} Received: tune.{key}={value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

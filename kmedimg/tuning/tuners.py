@@ -8,6 +8,7 @@ Tuner's.
 """
 
 import gc
+import os
 import time
 
 import keras
@@ -97,6 +98,39 @@ class TrialHooks:
         # The oracle's display follows `verbose` again after `search` sets it.
         if hasattr(self.oracle, "_display"):
             self.oracle._display.verbose = 0
+
+    def _populate_initial_space(self):
+        # `ClassifierHyperModel.declare_hyperparameters` declares every conditional
+        # branch in one pass; Keras Tuner's default would build (and maybe download
+        # weights for) a model per branch to discover them.
+        if not hasattr(self.hypermodel, "search_space_config"):
+            return super()._populate_initial_space()
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
+    def run_trial(self, trial, *args, **kwargs):
+        """Trains the trial as a `kmedimg.training.run` in the trial's directory.
+
+        Hyperband's `tuner/epochs` is the trial's budget: the recipe's stages are
+        scaled to it and run from the start, because a recipe's stages and schedules
+        are defined over its whole length (no warm start from a lower rung). An
+        interrupted trial that runs again resumes its run directory.
+        """
+        epochs = trial.hyperparameters.values.get("tuner/epochs")
+        histories = []
+        for execution in range(self.executions_per_trial):
+            run_dir = os.path.join(self.get_trial_dir(trial.trial_id), f"run{execution}")
+            histories.append(self.hypermodel.fit(
+                trial.hyperparameters, None, run_dir=run_dir, epochs=epochs,
+                execution=execution,
+            ))
+        return histories
+
+    def load_model(self, trial):
+        """The trial's best model (its run directory's `model.keras`)."""
+        path = os.path.join(self.get_trial_dir(trial.trial_id), "run0", "model.keras")
+        return keras.saving.load_model(path)
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
