@@ -10,8 +10,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     The normalisation of Krizhevsky et al. (2012) with their constants
     (k=2, n=5, alpha=1e-4, beta=0.75), written with Keras ops so it runs on any
-    backend and under XLA. Unlike `tf.nn.local_response_normalization`, `alpha`
-    is the paper's per-element coefficient (not divided by the window size).
+    backend and under XLA; same definition as `tf.nn.local_response_normalization`.
 
     Args:
         depth_radius: half-width of the channel window. Defaults to `2`.
