@@ -296,9 +296,11 @@ def write_dataset(
     # ---- pass 1: validate, hash, collect facts --------------------------------------
     index_of = {name: index for index, name in enumerate(class_names)}
     sequence = []  # per source entry: _Planned or Rejected (small)
+    rejected_by_source = 0
     for position, entry in enumerate(source):
         if isinstance(entry, Rejected):
             sequence.append(entry)
+            rejected_by_source += 1
             continue
         if not isinstance(entry, Item):
             raise TypeError(
@@ -342,6 +344,11 @@ def write_dataset(
         stored_channels = collections.Counter(e.channels for e in valid).most_common(1)[0][0]
     else:
         stored_channels = channels
+    if encoding == "png" and dtype == "uint16" and stored_channels == 3:
+        raise ValueError(
+            "PNG encoding of 16-bit RGB images is not supported (Pillow cannot write "
+            "them); use encoding='raw'. Received: encoding='png', dtype=uint16, channels=3"
+        )
     rejections = {}  # position -> reason, decided after pass 1
     promoted = 0
     for entry in valid:
@@ -582,7 +589,7 @@ def write_dataset(
                 "seen": len(sequence),
                 "written": written,
                 "rejected": len(rejected_rows),
-                "rejected_by_source": sum(isinstance(e, Rejected) for e in sequence),
+                "rejected_by_source": rejected_by_source,
                 "rejected_reasons": dict(reason_counts.most_common(20)),
                 "per_split": {name: split.count for name, split in splits.items()},
             },
