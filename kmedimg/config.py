@@ -6,7 +6,7 @@ the dataclasses below, and every field has a default, so the smallest recipe fil
 
 ```yaml
 data: {path: data/pneumonia, image_size: 64, batch_size: 32}
-model: {backbone: mobilenet_v2, weights: imagenet}
+model: {backbone: mobilenetv2, weights: imagenet}
 recipe: {name: two_stage, freeze_depth: 0.5, head_epochs: 3, finetune_epochs: 10}
 training: {seed: 0, weight_decay: 1.0e-4, label_smoothing: 0.05}
 ```
@@ -70,10 +70,10 @@ class ModelConfig:
 
     Attributes:
         backbone: a name from `kmedimg.models.backbones.list_backbones()`.
-            Defaults to `"mobilenet_v2"`.
-        weights: `None` (random init), `"imagenet"`, or the path of a kmedimg model
-            (`.keras`) or weights file (`.weights.h5`) whose backbone blocks are copied
-            block by block (a backbone pretrained on another medical dataset).
+            Defaults to `"mobilenetv2"`.
+        weights: `None` (random init), `"imagenet"`, a backbone weights file, a saved
+            kmedimg `.keras` model or a run directory whose backbone is reused (a
+            backbone pretrained on another medical dataset).
             Recipes that start from random weights (`from_scratch`) ignore it.
             Defaults to `None`.
         head: pooling head, `"avg"`, `"max"` or `"flatten"`. Defaults to `"avg"`.
@@ -88,7 +88,7 @@ class ModelConfig:
         grey_weights: how an ImageNet stem takes 1-channel input. Defaults to `"fold"`.
     """
 
-    backbone: str = "mobilenet_v2"
+    backbone: str = "mobilenetv2"
     weights: Optional[str] = None
     head: str = "avg"
     dropout: float = 0.2
@@ -183,7 +183,7 @@ class DistributeConfig:
     """Which `tf.distribute` strategy and precision (see `kmedimg.distribute`).
 
     Attributes:
-        kind: `"auto"`, `"default"`, `"mirrored"`, `"multi_worker"` or `"tpu"`.
+        kind: `"auto"`, `"tpu"`, `"gpu"`, `"multiworker"` or `"cpu"`.
             Defaults to `"auto"`.
         tpu_address: TPU name or `grpc://` address; `None` for the local/Colab TPU.
             Defaults to `None`.
@@ -192,7 +192,7 @@ class DistributeConfig:
     """
 
     kind: str = dataclasses.field(
-        default="auto", metadata=_choices("auto", "default", "mirrored", "multi_worker", "tpu")
+        default="auto", metadata=_choices("auto", "tpu", "gpu", "multiworker", "cpu")
     )
     tpu_address: Optional[str] = None
     precision: Optional[str] = dataclasses.field(
@@ -202,41 +202,26 @@ class DistributeConfig:
 
 @dataclasses.dataclass
 class EvaluationConfig:
-    """The final evaluation written to `metrics.json`.
+    """The final evaluation written to `metrics.json` (see `kmedimg.evaluation.metrics`).
 
     Attributes:
         bootstrap: bootstrap resamples for confidence intervals, 0 for none.
             Defaults to `1000`.
         confidence: confidence level of the intervals. Defaults to `0.95`.
-        threshold: decision threshold for binary/multilabel outputs. Defaults to `0.5`.
+        threshold_rule: how the binary/multilabel operating point is chosen on the
+            validation split: `"youden"`, `"f1"`, `"sensitivity"`, `"specificity"` (both
+            need `threshold_target`) or `"fixed"` (`threshold_target`, default 0.5).
+            Defaults to `"youden"`.
+        threshold_target: the sensitivity/specificity to reach, or the fixed threshold.
+            Defaults to `None`.
     """
 
     bootstrap: int = 1000
     confidence: float = 0.95
-    threshold: float = 0.5
-
-
-@dataclasses.dataclass
-class TuneConfig:
-    """Keras Tuner settings for `kmedimg tune`.
-
-    Attributes:
-        tuner: `"random"`, `"bayesian"` or `"hyperband"`. Defaults to `"random"`.
-        max_trials: number of trials. Defaults to `10`.
-        objective: metric to optimise. Defaults to `"val_auc"`.
-        executions_per_trial: Defaults to `1`.
-        search_space: hyper-parameter -> range/choices, e.g.
-            `{learning_rate: [1.0e-5, 1.0e-2], freeze_depth: [0, 8]}`. Defaults to `{}`.
-        directory: tuner state directory; `None` puts it in the run directory.
-            Defaults to `None`.
-    """
-
-    tuner: str = dataclasses.field(default="random", metadata=_choices("random", "bayesian", "hyperband"))
-    max_trials: int = 10
-    objective: str = "val_auc"
-    executions_per_trial: int = 1
-    search_space: dict = dataclasses.field(default_factory=dict)
-    directory: Optional[str] = None
+    threshold_rule: str = dataclasses.field(
+        default="youden", metadata=_choices("youden", "f1", "sensitivity", "specificity", "fixed")
+    )
+    threshold_target: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -251,7 +236,8 @@ class RecipeConfig:
         training: see `TrainingConfig`.
         distribute: see `DistributeConfig`.
         evaluation: see `EvaluationConfig`.
-        tune: see `TuneConfig`.
+        tune: the `tune:` mapping, validated by `kmedimg.tuning.TuneSettings.from_dict`
+            (owned by the tuning module; kept as plain data here).
     """
 
     description: str = ""
@@ -261,7 +247,7 @@ class RecipeConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
-    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+    tune: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
         """The config as plain YAML-ready data (recipe options flattened next to `name`)."""
@@ -285,7 +271,6 @@ _SECTIONS = {
     "training": TrainingConfig,
     "distribute": DistributeConfig,
     "evaluation": EvaluationConfig,
-    "tune": TuneConfig,
 }
 
 
@@ -401,6 +386,25 @@ def _build_recipe_section(raw, where):
     return RecipeSection(name=name, options=options)
 
 
+def _check_tune_section(raw, where):
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{where}: section `tune` must be a mapping. Received: tune={raw!r}"
+        )
+    try:
+        from kmedimg.tuning.search_space import TuneSettings
+    except ImportError:  # keras-tuner is the optional [tune] extra; `kmedimg tune` checks
+        return dict(raw)
+    try:
+        TuneSettings.from_dict(raw, source=where)
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if where in message else f"{where}: {message}") from error
+    return dict(raw)
+
+
 def config_from_dict(raw, where="<dict>"):
     """Builds and validates a `RecipeConfig` from plain data (a parsed YAML document).
 
@@ -440,6 +444,7 @@ def config_from_dict(raw, where="<dict>"):
     config = RecipeConfig(
         description=description,
         recipe=_build_recipe_section(raw.get("recipe"), where),
+        tune=_check_tune_section(raw.get("tune"), where),
         **sections,
     )
     _check_cross_fields(config, where)
@@ -462,7 +467,6 @@ def _check_cross_fields(config, where):
         ("training.steps_per_epoch", config.training.steps_per_epoch),
         ("training.validation_steps", config.training.validation_steps),
         ("training.steps_per_execution", config.training.steps_per_execution),
-        ("tune.max_trials", config.tune.max_trials),
     ]
     for key, value in positive:
         if value is not None and value < 1:

@@ -27,6 +27,7 @@ advise(num_images=546, similarity="low").recipe  # 'two_stage'
 
 import dataclasses
 import inspect
+import math
 import typing
 from typing import Optional, Union
 
@@ -145,14 +146,15 @@ def check_freeze_depth(freeze_depth, where="freeze_depth"):
 def resolve_freeze_depth(freeze_depth, num_blocks):
     """The number of frozen blocks out of `num_blocks` for a freeze depth.
 
-    Fractions round to the nearest block; ints larger than `num_blocks` are an error
-    (they usually mean the recipe was written for a deeper backbone).
+    Same rule as `kmedimg.models.freeze_backbone`: fractions round half up and a
+    positive fraction freezes at least the stem; ints larger than `num_blocks` are
+    an error (the recipe was written for a deeper backbone).
     """
     check_freeze_depth(freeze_depth)
     if freeze_depth == "all":
         return num_blocks
     if isinstance(freeze_depth, float):
-        return min(num_blocks, int(round(freeze_depth * num_blocks)))
+        return max(1, min(num_blocks, math.floor(freeze_depth * num_blocks + 0.5)))
     if freeze_depth > num_blocks:
         raise ValueError(
             f"`freeze_depth` is larger than the backbone's {num_blocks} blocks. Use an int "
