@@ -515,7 +515,7 @@ def write_dataset(
                 tf.io.gfile.rename(temp_path, _join(out_dir, file_name), overwrite=True)
             splits[name] = schema.SplitInfo(
                 count=len(entries),
-                class_counts={n: class_counts[n] for n in class_names if class_counts[n]},
+                class_counts={n: class_counts[n] for n in class_names},
                 shards=shards,
             )
 
