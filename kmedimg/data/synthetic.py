@@ -136,8 +136,8 @@ def render_phantom(rng, image_size, opacity):
             inside = ((oy - cy) / ry) ** 2 + ((ox - cx) / rx) ** 2 < 0.6
             if inside and oy < dome_top - 0.05:
                 break
-        sigma = rng.uniform(0.06, 0.15)
-        contrast = rng.uniform(0.1, 0.24) * lung_darkness / 0.3
+        sigma = rng.uniform(0.07, 0.16)
+        contrast = rng.uniform(0.12, 0.42) * lung_darkness / 0.3
         blob = np.exp(-(((yy - oy) ** 2 + (xx - ox) ** 2) / (2 * sigma**2)))
         image += blob * lungs * contrast
         # Back to image pixel coordinates for the facts (undo tilt/scale/shift).
