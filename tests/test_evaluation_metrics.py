@@ -230,3 +230,17 @@ def test_curve_band_brackets_point_curve():
     assert np.trapezoid(ours_tpr, ours_fpr) == pytest.approx(skm.roc_auc_score(labels, scores))
     pr = metrics.curve_band(labels, scores, "pr", n_bootstrap=50)
     assert len(pr["value"]) == 101 and pr["value"][-1] == pytest.approx(labels.mean(), abs=0.05)
+
+
+def test_paired_difference():
+    labels, scores = _binary_arrays(n=200, seed=4)
+    noisy = np.clip(scores + np.random.default_rng(0).normal(0, 0.2, scores.shape), 0, 1)
+    threshold = metrics.Threshold.fixed(0.5)
+    same = metrics.paired_difference(labels, scores, scores, task="binary", threshold=threshold,
+                                     n_bootstrap=100)
+    assert same["difference"]["roc_auc"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    diff = metrics.paired_difference(labels, scores, noisy, task="binary", threshold=threshold,
+                                     n_bootstrap=200)["difference"]["roc_auc"]
+    expected = skm.roc_auc_score(labels, scores) - skm.roc_auc_score(labels, noisy)
+    assert diff["value"] == pytest.approx(expected)
+    assert diff["ci_low"] <= expected <= diff["ci_high"]

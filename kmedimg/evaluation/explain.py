@@ -7,9 +7,10 @@ layer comes from the backbone registry record (`last_conv_layer`), never from
 guessing names. Occlusion sensitivity needs no gradients: it slides a patch over the
 image and records how much the class score drops.
 
-The class score explained is the log-odds of the class (binary, multilabel) or its
-log-probability (multiclass), so saturated sigmoids/softmaxes still give gradients
-proportional to the evidence.
+The class score explained is the output layer's pre-activation score (the logit of
+the class), as in the Grad-CAM paper: a confident model's probability is saturated
+and has no gradient. (Models whose output layer is not a sigmoid/softmax Dense are
+explained through the log-odds of their probabilities.)
 
 Example:
 
@@ -109,7 +110,83 @@ def _nested_models(model):
 
 def _backbone_name(nested):
     # build_classifier names the nested backbone model after its registry key.
-    return getattr(nested, "kmedimg_backbone", None) or nested.name
+    return nested.name
+
+
+def _axis_geometry(layer, axis, start, jump):
+    """Updates (start, jump) of one spatial axis through a conv/pool/padding layer."""
+    size = layer.input.shape[1 + axis]
+    if hasattr(layer, "padding") and isinstance(layer.padding, (tuple, list)) and not hasattr(
+            layer, "kernel_size") and not hasattr(layer, "pool_size"):  # ZeroPadding2D
+        before = layer.padding[axis]
+        before = before[0] if isinstance(before, (tuple, list)) else before
+        return start - jump * before, jump
+    kernel = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
+    strides = getattr(layer, "strides", None) or kernel
+    dilation = getattr(layer, "dilation_rate", (1, 1)) or (1, 1)
+    effective = (kernel[axis] - 1) * dilation[axis] + 1
+    stride = strides[axis]
+    if layer.padding == "same" and size is not None:
+        out = -(-size // stride)
+        pad_before = max((out - 1) * stride + effective - size, 0) // 2
+    else:
+        pad_before = 0
+    return start + jump * ((effective - 1) / 2 - pad_before), jump * stride
+
+
+def feature_geometry(model, layer):
+    """Where the target layer's feature-map cells sit on the input image.
+
+    Returns `((start_y, jump_y), (start_x, jump_x))` — cell `i` is centred on input pixel
+    `start + i * jump` — computed by receptive-field arithmetic when the path from the
+    backbone input to `layer` is a plain chain (LeNet, AlexNet, VGG), else None (the
+    usual Grad-CAM assumption that the map spans the image evenly is then used). With
+    'valid' convolutions the evenly-spread assumption misplaces the map by up to half a
+    receptive field.
+    """
+    container = None
+    for candidate in [model] + _nested_models(model):
+        if any(inner is layer for inner in candidate.layers):
+            container = candidate
+            break
+    if container is None:
+        return None
+    geometry = [(0.0, 1.0), (0.0, 1.0)]
+    previous = None
+    for inner in container.layers:
+        if type(inner).__name__ == "InputLayer":
+            previous = inner
+            continue
+        if isinstance(inner.input, (list, tuple)) or hasattr(inner, "layers"):
+            return None  # a merge or a nested model: not a chain
+        if previous is not None and inner.input is not previous.output:
+            return None
+        spatial = hasattr(inner, "kernel_size") or hasattr(inner, "pool_size") or (
+            type(inner).__name__ == "ZeroPadding2D")
+        if spatial and "Global" not in type(inner).__name__:
+            geometry = [_axis_geometry(inner, axis, *geometry[axis]) for axis in (0, 1)]
+        elif tuple(inner.input.shape[1:3]) != tuple(inner.output.shape[1:3]):
+            return None  # resizing, cropping, reshaping: unknown geometry
+        previous = inner
+        if inner is layer:
+            return tuple(geometry)
+    return None
+
+
+def _interpolation_matrix(output_size, feature_size, start=None, jump=None):
+    """[output_size, feature_size] bilinear weights from image pixels to feature cells."""
+    if start is None:
+        jump = output_size / feature_size
+        start = jump / 2 - 0.5
+    position = (np.arange(output_size) - start) / jump
+    position = np.clip(position, 0, feature_size - 1)
+    lower = np.floor(position).astype(int)
+    upper = np.minimum(lower + 1, feature_size - 1)
+    fraction = position - lower
+    matrix = np.zeros((output_size, feature_size), np.float32)
+    matrix[np.arange(output_size), lower] += 1 - fraction
+    matrix[np.arange(output_size), upper] += fraction
+    return matrix
 
 
 class _Capture:
@@ -139,6 +216,50 @@ class _Capture:
     def __exit__(self, *exc):
         object.__delattr__(self.layer, "call")
         return False
+
+
+class _Logits:
+    """Makes the output layer return its pre-activation scores during one forward pass.
+
+    Grad-CAM differentiates the class score before the sigmoid/softmax: a confident
+    model's probability is saturated (exactly 1.0 in float32) and has zero gradient.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __enter__(self):
+        import keras
+
+        if self.layer is not None:
+            self.original = self.layer.activation
+            object.__setattr__(self.layer, "activation", keras.activations.linear)
+        return self
+
+    def __exit__(self, *exc):
+        if self.layer is not None:
+            object.__setattr__(self.layer, "activation", self.original)
+        return False
+
+
+def _output_activation_layer(model):
+    """The output layer when it applies sigmoid/softmax itself (a Dense), else None."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if name in ("sigmoid", "softmax") and last.output is model.outputs[0]:
+        return last
+    return None
+
+
+def logit_score(logits, task, class_index):
+    """Pre-activation score of `class_index` [B] (binary: class 0 is the negated logit)."""
+    import tensorflow as tf
+
+    logits = tf.cast(logits, tf.float32)
+    if task == "binary":
+        return tf.where(tf.equal(class_index, 1), logits[:, 0], -logits[:, 0])
+    return tf.gather(logits, class_index, axis=1, batch_dims=1)
 
 
 def class_score(probs, task, class_index):
@@ -191,16 +312,35 @@ class GradCam:
         self.method = method
         self.task = task or infer_task(model)
         self.input_spec = tuple(int(v) for v in model.inputs[0].shape[1:])
+        self._output_layer = _output_activation_layer(model)
+        self._output_activation = getattr(self._output_layer, "activation", None)
+        self.geometry = feature_geometry(model, self.layer)
+        feature_shape = tuple(self.layer.output.shape[1:3])
+        if len(feature_shape) != 2 or None in feature_shape:
+            raise ValueError(
+                f"Layer {self.layer.name!r} must output a fixed-size feature map [B, h, w, C]. "
+                f"Received: output shape={tuple(self.layer.output.shape)}"
+            )
+        rows, cols = ((None, None), (None, None)) if self.geometry is None else self.geometry
+        self._resize_rows = tf.constant(_interpolation_matrix(self.input_spec[0], feature_shape[0], *rows))
+        self._resize_cols = tf.constant(_interpolation_matrix(self.input_spec[1], feature_shape[1], *cols))
         self._compute = tf.function(self._heatmaps, reduce_retracing=True)
 
     def _heatmaps(self, images, class_index):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            with _Capture(self.layer, tape) as capture:
-                probs = self.model(images, training=False)
+            with _Capture(self.layer, tape) as capture, _Logits(self._output_layer):
+                outputs = self.model(images, training=False)
+            if self._output_layer is not None:
+                probs = tf.cast(self._output_activation(outputs), tf.float32)
+            else:
+                probs = tf.cast(outputs, tf.float32)
             class_index = tf.where(class_index < 0, _default_class(probs, self.task), class_index)
-            score = class_score(probs, self.task, class_index)
+            if self._output_layer is not None:
+                score = logit_score(outputs, self.task, class_index)
+            else:
+                score = class_score(probs, self.task, class_index)
         activations = capture.output
         grads = tf.cast(tape.gradient(score, activations), tf.float32)
         activations = tf.cast(activations, tf.float32)
@@ -215,7 +355,8 @@ class GradCam:
             alphas = grads_2 / denominator
             weights = tf.reduce_sum(alphas * tf.nn.relu(grads), axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
-        cam = tf.image.resize(cam[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")[..., 0]
+        # Bilinear upsampling that puts each feature cell over its receptive field centre.
+        cam = tf.einsum("yh,bhw,xw->byx", self._resize_rows, cam, self._resize_cols)
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         cam = tf.where(peak > 0, cam / tf.maximum(peak, _EPSILON), tf.zeros_like(cam))
         return cam, probs, class_index
@@ -404,7 +545,7 @@ def add_explain_command(subparsers):
 
 def _run_explain(args):
     from kmedimg.evaluation import inputs
-    from kmedimg.evaluation.export import load_model_for_inference
+    from kmedimg.evaluation.runs import load_model_for_inference
 
     model, info = load_model_for_inference(args.model)
     spec = inputs.model_input_spec(model)

@@ -31,7 +31,7 @@ def model_input_spec(model):
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-def read_pixels(path, dtype="auto"):
+def read_pixels(path, dtype="auto", dicom=None):
     """Reads one input file as an HxWxC uint8/uint16 array in its stored range.
 
     Args:
@@ -39,6 +39,8 @@ def read_pixels(path, dtype="auto"):
             a DICOM file (read with the DICOM importer's pixel rules; needs pydicom).
         dtype: "uint8", "uint16" or "auto" (16-bit files stay 16-bit). Defaults to
             `"auto"`.
+        dicom: DICOM settings of the training dataset, `{"window", "offset", "scale"}`
+            (see `DicomSource`). Defaults to `None` (full bit depth, offset 1024).
 
     Returns:
         `np.ndarray` [H, W, C].
@@ -59,7 +61,7 @@ def read_pixels(path, dtype="auto"):
     if suffix in ARRAY_SUFFIXES:
         pixels = np.load(path, allow_pickle=False)
     elif suffix in DICOM_SUFFIXES or _is_dicom(path):
-        pixels = _read_dicom(path)
+        pixels = _read_dicom(path, **(dicom or {}))
     elif suffix in IMAGE_SUFFIXES:
         from kmedimg.data.sources import image_files
 
@@ -89,7 +91,7 @@ def _is_dicom(path):
         return handle.read(4) == b"DICM"
 
 
-def _read_dicom(path, window=None):
+def _read_dicom(path, window=None, offset=None, scale=None):
     try:
         import pydicom
     except ImportError as error:
@@ -104,7 +106,10 @@ def _read_dicom(path, window=None):
         frame = frame[0]
     try:
         if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
-            return dicom_pixels.monochrome_frame(dataset, frame, 0, window)[0]
+            return dicom_pixels.monochrome_frame(
+                dataset, frame, 0, window,
+                dicom_pixels.DEFAULT_OFFSET if offset is None else offset,
+                1.0 if scale is None else scale)[0]
         return dicom_pixels.colour_frame(dataset, frame)[0]
     except dicom_pixels.PixelError as error:
         raise ValueError(f"{path}: {error}.") from None

@@ -26,6 +26,7 @@ result["metrics"]["specificity"]  # {"value": 0.81, "ci_low": 0.74, "ci_high": 0
 import dataclasses
 import hashlib
 import math
+import warnings
 
 import numpy as np
 
@@ -608,10 +609,7 @@ def binary_metrics(labels, probs, threshold, *, split, class_names=None, n_boots
     class_names = _class_names(class_names, "binary", 2)
     threshold = _check_threshold(threshold, labels, probs, "binary", split, 1)
     decisions = (probs >= threshold.values[0]).astype(np.int64)
-
-    def kernel(weights):
-        return _binary_kernel(labels, probs, decisions, weights, n_bins)
-
+    kernel = _task_kernel("binary", labels, probs, threshold, n_bins)
     matrix = confusion_matrix(labels, decisions, 2)
     return {
         "task": "binary",
@@ -661,27 +659,8 @@ def multiclass_metrics(labels, probs, threshold=None, *, split, class_names=None
     predicted = probs.argmax(axis=1)
     correct = (predicted == labels).astype(np.float64)
     top_confidence = probs.max(axis=1)
-    one_hot = np.eye(num_classes, dtype=np.int64)[labels]
-    predicted_one_hot = np.eye(num_classes, dtype=np.int64)[predicted]
 
-    def kernel(weights):
-        out = {
-            "accuracy": _safe_divide(weights @ correct, weights.sum(axis=1)),
-            "ece": _weighted_ece(top_confidence, correct, weights, n_bins),
-        }
-        per_class = [
-            _binary_kernel(one_hot[:, k], probs[:, k], predicted_one_hot[:, k], weights, n_bins)
-            for k in range(num_classes)
-        ]
-        for name in _PER_CLASS:
-            stacked = np.stack([stats[name] for stats in per_class])
-            with np.errstate(invalid="ignore"):
-                out[f"macro_{name}"] = stacked.mean(axis=0)
-            for k in range(num_classes):
-                out[f"{k}/{name}"] = stacked[k]
-        out["balanced_accuracy"] = out["macro_sensitivity"]
-        return out
-
+    kernel = _task_kernel("multiclass", labels, probs, threshold, n_bins)
     intervals = _interval(kernel, labels, "multiclass", n_bootstrap, confidence, seed)
     return _assemble_multi("multiclass", split, labels.shape[0], class_names,
                            np.bincount(labels, minlength=num_classes), threshold, intervals,
@@ -719,27 +698,8 @@ def multilabel_metrics(labels, probs, threshold, *, split, class_names=None, n_b
     class_names = _class_names(class_names, "multilabel", num_classes)
     threshold = _check_threshold(threshold, labels, probs, "multilabel", split, num_classes)
     decisions = (probs >= np.asarray(threshold.values)[np.newaxis, :]).astype(np.int64)
-    subset_correct = np.all(decisions == labels, axis=1).astype(np.float64)
+    kernel = _task_kernel("multilabel", labels, probs, threshold, n_bins)
     flat_probs, flat_labels = probs.ravel(), labels.ravel().astype(np.float64)
-
-    def kernel(weights):
-        per_class = [
-            _binary_kernel(labels[:, k], probs[:, k], decisions[:, k], weights, n_bins)
-            for k in range(num_classes)
-        ]
-        out = {
-            "subset_accuracy": _safe_divide(weights @ subset_correct, weights.sum(axis=1)),
-            "ece": _weighted_ece(flat_probs, flat_labels, np.repeat(weights, num_classes, axis=1), n_bins),
-        }
-        for name in _PER_CLASS + ("accuracy", "balanced_accuracy"):
-            stacked = np.stack([stats[name] for stats in per_class])
-            with np.errstate(invalid="ignore"):
-                mean = np.nanmean(stacked, axis=0) if name in ("roc_auc", "pr_auc") else stacked.mean(axis=0)
-            out[name if name in ("accuracy", "balanced_accuracy") else f"macro_{name}"] = mean
-            for k in range(num_classes):
-                out[f"{k}/{name}"] = stacked[k]
-        return out
-
     intervals = _interval(kernel, labels, "multilabel", n_bootstrap, confidence, seed)
     matrices = {
         name: {"labels": ["absent", "present"],
@@ -752,6 +712,112 @@ def multilabel_metrics(labels, probs, threshold, *, split, class_names=None, n_b
                            {"kind": "all labels pooled", "n_bins": int(n_bins),
                             "bins": reliability_curve(flat_labels, flat_probs, n_bins)},
                            _bootstrap_info(n_bootstrap, confidence, seed, "multilabel"))
+
+
+def _task_kernel(task, labels, probs, threshold, n_bins):
+    """The function weights [B, N] -> {metric: [B]} for `task` at `threshold`.
+
+    Per-class metrics of multiclass/multilabel tasks are keyed "<index>/<name>".
+    """
+    if task == "binary":
+        decisions = (probs >= threshold.values[0]).astype(np.int64)
+        return lambda weights: _binary_kernel(labels, probs, decisions, weights, n_bins)
+    num_classes = probs.shape[1]
+    if task == "multiclass":
+        predicted = probs.argmax(axis=1)
+        correct = (predicted == labels).astype(np.float64)
+        top_confidence = probs.max(axis=1)
+        one_hot = np.eye(num_classes, dtype=np.int64)[labels]
+        predicted_one_hot = np.eye(num_classes, dtype=np.int64)[predicted]
+
+        def multiclass_kernel(weights):
+            out = {
+                "accuracy": _safe_divide(weights @ correct, weights.sum(axis=1)),
+                "ece": _weighted_ece(top_confidence, correct, weights, n_bins),
+            }
+            per_class = [
+                _binary_kernel(one_hot[:, k], probs[:, k], predicted_one_hot[:, k], weights, n_bins)
+                for k in range(num_classes)
+            ]
+            for name in _PER_CLASS:
+                stacked = np.stack([stats[name] for stats in per_class])
+                out[f"macro_{name}"] = stacked.mean(axis=0)
+                for k in range(num_classes):
+                    out[f"{k}/{name}"] = stacked[k]
+            out["balanced_accuracy"] = out["macro_sensitivity"]
+            return out
+
+        return multiclass_kernel
+    decisions = (probs >= np.asarray(threshold.values)[np.newaxis, :]).astype(np.int64)
+    subset_correct = np.all(decisions == labels, axis=1).astype(np.float64)
+    flat_probs, flat_labels = probs.ravel(), labels.ravel().astype(np.float64)
+
+    def multilabel_kernel(weights):
+        per_class = [
+            _binary_kernel(labels[:, k], probs[:, k], decisions[:, k], weights, n_bins)
+            for k in range(num_classes)
+        ]
+        out = {
+            "subset_accuracy": _safe_divide(weights @ subset_correct, weights.sum(axis=1)),
+            "ece": _weighted_ece(flat_probs, flat_labels, np.repeat(weights, num_classes, axis=1),
+                                 n_bins),
+        }
+        for name in _PER_CLASS + ("accuracy", "balanced_accuracy"):
+            stacked = np.stack([stats[name] for stats in per_class])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                # A label without positives in a replicate has no AUC; average the others.
+                mean = np.nanmean(stacked, axis=0) if name in ("roc_auc", "pr_auc") else (
+                    stacked.mean(axis=0))
+            out[name if name in ("accuracy", "balanced_accuracy") else f"macro_{name}"] = mean
+            for k in range(num_classes):
+                out[f"{k}/{name}"] = stacked[k]
+        return out
+
+    return multilabel_kernel
+
+
+def paired_difference(labels, probs_a, probs_b, *, task, threshold=None, split="test",
+                      n_bootstrap=1000, confidence=0.95, seed=0, n_bins=10):
+    """Metric(probs_a) - metric(probs_b) on the same samples, with paired bootstrap CIs.
+
+    Both prediction sets are evaluated on the same resampled cases in every replicate,
+    so the interval reflects the difference, not the two separate uncertainties
+    (e.g. the effect of test-time augmentation, or of one model over another).
+
+    Args:
+        labels: labels (see `prepare`).
+        probs_a: first predictions.
+        probs_b: second predictions (the reference).
+        task: "binary", "multiclass" or "multilabel".
+        threshold: the operating point, applied to both. Defaults to `None`.
+        split: name of the evaluated split. Defaults to `"test"`.
+        n_bootstrap: replicates. Defaults to `1000`.
+        confidence: interval level. Defaults to `0.95`.
+        seed: bootstrap seed. Defaults to `0`.
+        n_bins: calibration bins. Defaults to `10`.
+
+    Returns:
+        dict with `difference` (metric -> {value, ci_low, ci_high}, a minus b; per-class
+        entries dropped) and `bootstrap`.
+    """
+    _check_task(task)
+    _check_bootstrap_args(n_bootstrap, confidence, n_bins)
+    labels_a, probs_a = prepare(labels, probs_a, task)
+    labels_b, probs_b = prepare(labels, probs_b, task)
+    num_outputs = 1 if task == "binary" else probs_a.shape[1]
+    threshold = _check_threshold(threshold, labels_a, probs_a, task, split, num_outputs)
+    kernel_a = _task_kernel(task, labels_a, probs_a, threshold, n_bins)
+    kernel_b = _task_kernel(task, labels_b, probs_b, threshold, n_bins)
+
+    def kernel(weights):
+        first, second = kernel_a(weights), kernel_b(weights)
+        return {name: first[name] - second[name] for name in first if "/" not in name}
+
+    return {
+        "difference": _interval(kernel, labels_a, task, n_bootstrap, confidence, seed),
+        "bootstrap": _bootstrap_info(n_bootstrap, confidence, seed, task),
+    }
 
 
 def _assemble_multi(task, split, num_samples, class_names, counts, threshold, intervals,
