@@ -155,7 +155,7 @@ def convert_file(job):
 
     def rejected(reason, ds=None):
         extra = _phi_values(ds) if ds is not None else []
-        reason = privacy.scrub(reason, masks + extra)
+        reason = " ".join(privacy.scrub(reason, masks + extra).split())
         logger.debug("rejected %s: %s", name, reason)
         return [Rejected(name, reason)]
 
@@ -274,7 +274,7 @@ def _convert_dataset(ds, has_preamble, relative, name, options, rejected):
         if "less than expected" in text or "truncated" in text.lower():
             return rejected(f"truncated Pixel Data: {text}", ds)
         return rejected(
-            f"cannot decode Pixel Data ({UID(transfer_syntax).name}): "
+            f"cannot decode Pixel Data: {UID(transfer_syntax).name}: "
             f"{type(error).__name__}: {text}",
             ds,
         )
