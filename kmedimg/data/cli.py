@@ -224,20 +224,20 @@ class _Collector:
 
 
 class _RecordingSource:
-    """Passes a source through to the writer, remembering each item's labels."""
+    """Passes a source through to the writer, remembering each item's labels and split."""
 
     def __init__(self, source):
         self.source = source
         self.task = source.task
         self.class_names = source.class_names
-        self.labels = {}
+        self.items = {}  # source name -> (labels, split given by the source)
 
     def __iter__(self):
         from kmedimg.data.sources import Item
 
         for entry in self.source:
             if isinstance(entry, Item):
-                self.labels[entry.source] = tuple(entry.labels)
+                self.items[entry.source] = (tuple(entry.labels), entry.split)
             yield entry
 
     def describe(self):
@@ -302,7 +302,7 @@ def run_convert(args):
     finally:
         if progress:
             progress.close()
-    print(conversion_summary(manifest, args.out, source.labels))
+    print(conversion_summary(manifest, args.out, source.items))
     return 0
 
 
@@ -340,20 +340,33 @@ def _read_rejected(directory):
     return rows[1:]
 
 
-def conversion_summary(manifest, out_dir, labels_by_source):
-    """The closing table of `convert`: written / rejected / duplicates per split and class."""
+def conversion_summary(manifest, out_dir, items):
+    """The closing table of `convert`: written / rejected / duplicates per split and class.
+
+    Args:
+        manifest: the written `Manifest`.
+        out_dir: the dataset directory (for rejected.csv).
+        items: `{source name: (labels, split given by the source or None)}`.
+    """
+    rejected_rows = _read_rejected(out_dir)
+    rejected_sources = {source_name for source_name, _ in rejected_rows}
     duplicates_by = collections.Counter()
+    duplicates_in_split = collections.Counter()
     extra_copies = 0
     for group in manifest.duplicates.get("list", []):
-        split = group["splits"][0] if len(group["splits"]) == 1 else "(mixed)"
         for member in group["sources"]:
-            for label in labels_by_source.get(member, ("?",)):
+            if member in rejected_sources:
+                continue  # a dropped copy: counted as rejected
+            labels, given_split = items.get(member, (("?",), None))
+            split = given_split or (group["splits"][0] if len(group["splits"]) == 1 else "?")
+            duplicates_in_split[split] += 1
+            for label in labels:
                 duplicates_by[(split, label)] += 1
         extra_copies += len(group["sources"]) - 1
-    rejected_rows = _read_rejected(out_dir)
     rejected_by_class = collections.Counter()
     for source_name, _ in rejected_rows:
-        for label in labels_by_source.get(source_name, ("(no label)",)):
+        labels = items[source_name][0] if source_name in items else ("(no label)",)
+        for label in labels:
             rejected_by_class[label] += 1
 
     rows = []
@@ -361,13 +374,12 @@ def conversion_summary(manifest, out_dir, labels_by_source):
         for name in manifest.class_names:
             rows.append([split, name, info.class_counts.get(name, 0), "",
                          duplicates_by.get((split, name), 0)])
-        rows.append([split, "(all)", info.count, "", sum(
-            v for (s, _), v in duplicates_by.items() if s == split)])
+        rows.append([split, "(all)", info.count, "", duplicates_in_split.get(split, 0)])
     for label, count in sorted(rejected_by_class.items()):
         rows.append(["(rejected)", label, "", count, ""])
     counts = manifest.counts
     rows.append(["total", "", counts.get("written", 0), counts.get("rejected", 0),
-                 manifest.duplicates.get("items", 0)])
+                 sum(duplicates_in_split.values())])
     lines = [
         f"Wrote {out_dir}: {counts.get('written', 0)} of {counts.get('seen', 0)} items "
         f"({manifest.task}, {manifest.channels}ch {manifest.dtype}, {manifest.encoding})",
