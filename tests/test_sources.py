@@ -428,3 +428,59 @@ def test_registry_detection_and_errors(tmp_path):
         assert get_source_class("test_only_format") is _Temporary
     finally:
         registry._SOURCES.pop("test_only_format")
+
+
+# ---- round trips: source -> TFRecords -> load ------------------------------------------
+
+
+def _round_trip(source, out, **writer_kwargs):
+    from kmedimg.data.writer import write_dataset
+    from test_synthetic import loaded_pairs, source_pairs
+
+    manifest = write_dataset(source, str(out), **writer_kwargs)
+    kept, rejected = _split(list(source))
+    assert manifest.counts["written"] == len(kept)
+    assert manifest.counts["rejected"] == len(rejected)
+    assert loaded_pairs(str(out)) == source_pairs(kept)
+    return manifest
+
+
+def test_round_trip_folder_uint16_and_csv_multilabel(tmp_path):
+    root = tmp_path / "tree"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            deep = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+            Image.fromarray(deep).save(root / name / f"{i}.png")
+    manifest = _round_trip(FolderSource(root), tmp_path / "deep", val_fraction=0.25)
+    assert manifest.dtype == "uint16"
+
+    for i in range(5):
+        Image.fromarray(_rgb(i, (7, 9))).save(tmp_path / f"c{i}.png")
+    table = _write_csv(
+        tmp_path / "multi.csv",
+        ["c0.png,x|y", "c1.png,y", "c2.png,", "c3.png,z|x", "c4.png,nope|x", "c5.png,x"],
+    )
+    source = CsvSource(table, class_names=["x", "y", "z"], task="multilabel")
+    manifest = _round_trip(source, tmp_path / "multi", encoding="png")
+    assert manifest.task == "multilabel" and manifest.channels == 3
+    assert manifest.counts["rejected"] == 2  # unknown label, missing file
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_round_trip_npz_keeps_splits(tmp_path, dtype):
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    arrays = {
+        "train_images": rng.integers(0, top, (6, 5, 5), dtype=dtype),
+        "train_labels": np.array([[0], [1], [2], [0], [1], [2]]),
+        "test_images": rng.integers(0, top, (3, 5, 5), dtype=dtype),
+        "test_labels": np.array([[2], [2], [0]]),
+    }
+    path = _npz(tmp_path / "three.npz", **arrays)
+    manifest = _round_trip(NpzSource(path, class_names=["p", "q", "r"]), tmp_path / "out")
+    assert {name: split.count for name, split in manifest.splits.items()} == {
+        "train": 6, "test": 3
+    }
+    assert manifest.task == "multiclass" and manifest.dtype == dtype

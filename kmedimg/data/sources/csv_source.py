@@ -199,7 +199,8 @@ class CsvSource:
                     f"unknown label {token!r}; known: {self.class_names} or indices "
                     f"0..{len(self.class_names) - 1}"
                 )
-        return tuple(dict.fromkeys(labels)), None
+        # Class order, without repeats: `b|a` and `a|b` are the same multi-label.
+        return tuple(sorted(set(labels), key=self.class_names.index)), None
 
     def _plan(self):
         """Yields per row `(source, row_number, path_or_None, labels, split, patient, reason)`."""
