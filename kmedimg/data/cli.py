@@ -117,6 +117,61 @@ def _synthetic_arguments(parser):
     return {"opacity_fraction": "opacity_fraction"}
 
 
+@source_arguments("dicom")
+def _dicom_arguments(parser):
+    # Flags shared with --format nifti are defined here once (argparse allows one
+    # definition per flag); _nifti_arguments maps them too.
+    group = parser.add_argument_group(
+        "DICOM and NIfTI sources (no PHI leaves the importer; see kmedimg.data.sources.dicom)"
+    )
+    group.add_argument(
+        "--labels-csv", default=None,
+        help="CSV with a path (or, for DICOM, StudyInstanceUID / SOPInstanceUID) column and "
+        "a label column; default: the class folder under SRC",
+    )
+    group.add_argument(
+        "--window", default=None,
+        help="store 8-bit windowed images: 'file' (the file's VOI LUT / window; NIfTI: "
+        "cal_min/cal_max), a preset (lung, mediastinum, bone, brain, subdural, stroke, "
+        "abdomen, liver, ...) or CENTER,WIDTH (write --window=-600,1500); default: full "
+        "bit depth as uint16",
+    )
+    group.add_argument("--offset", type=int, default=None,
+                       help="uint16 storage offset: stored = real / scale + offset (default 1024)")
+    group.add_argument("--scale", type=float, default=None,
+                       help="uint16 storage scale (DICOM default 1; NIfTI default per volume)")
+    group.add_argument(
+        "--salt-file", default=None,
+        help="file with the secret salt of patient keys and ids, created if missing; must be "
+        "outside OUT (default ~/.kmedimg/patient_salt)",
+    )
+    group.add_argument("--keep-filenames", action="store_true", default=None,
+                       help="keep relative paths as item names (file names may hold PHI)")
+    group.add_argument("--workers", type=int, default=None,
+                       help="decoding processes (default: all CPUs; 1 = no pool)")
+    group.add_argument("--frames", choices=("first", "middle", "all"), default=None,
+                       help="DICOM multi-frame files: which frames become images (default first)")
+    return {
+        "labels_csv": "labels", "window": "window", "offset": "offset", "scale": "scale",
+        "salt_file": "salt_file", "keep_filenames": "keep_filenames", "workers": "workers",
+        "frames": "frames", "task": "task",
+    }
+
+
+@source_arguments("nifti")
+def _nifti_arguments(parser):
+    group = parser.add_argument_group("NIfTI sources (also: the DICOM and NIfTI flags above)")
+    group.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None,
+                       help="slice axis of the RAS+ volume (default axial)")
+    group.add_argument("--slices", default=None,
+                       help="middle, all, or N evenly spaced slices per volume (default middle)")
+    return {
+        "axis": "axis", "slices": "slices", "labels_csv": "labels", "window": "window",
+        "offset": "offset", "scale": "scale", "salt_file": "salt_file",
+        "keep_filenames": "keep_filenames", "workers": "workers", "task": "task",
+    }
+
+
 # Flags several formats share; passed to a source only when its constructor takes them.
 _COMMON_SOURCE_FLAGS = {"dtype": "dtype", "class_names": "class_names"}
 
@@ -271,6 +326,9 @@ def run_convert(args):
     format_name = args.format or detect_format(args.src)
     source_class = get_source_class(format_name)
     options = source_options(args, format_name, source_class)
+    check_options = getattr(source_class, "check_options", None)
+    if check_options is not None:  # e.g. the DICOM salt must live outside OUT
+        check_options(options, args.out)
     source = _RecordingSource(open_source(args.src, format=format_name, **options))
     writer_channels = None
     if args.channels in ("1", "3"):

@@ -20,8 +20,12 @@ from kmedimg.data.sources import csv_source  # noqa: E402,F401  "csv"
 from kmedimg.data.sources import npz  # noqa: E402,F401  "npz"
 from kmedimg.data.sources import tfds  # noqa: E402,F401  "tfds"
 from kmedimg.data import synthetic  # noqa: E402,F401  "synthetic"
+from kmedimg.data.sources import dicom  # noqa: E402,F401  "dicom"
+from kmedimg.data.sources import nifti  # noqa: E402,F401  "nifti"
 
 from kmedimg.data.sources.csv_source import CsvSource  # noqa: E402
+from kmedimg.data.sources.dicom import DicomSource  # noqa: E402
 from kmedimg.data.sources.folder import FolderSource  # noqa: E402
+from kmedimg.data.sources.nifti import NiftiSource  # noqa: E402
 from kmedimg.data.sources.npz import NpzSource  # noqa: E402
 from kmedimg.data.sources.tfds import TfdsSource  # noqa: E402

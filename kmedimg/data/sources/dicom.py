@@ -45,7 +45,7 @@ from kmedimg.data.sources.registry import register_source
 logger = logging.getLogger(__name__)
 
 FRAME_CHOICES = ("first", "middle", "all")
-DTYPE_CHOICES = (None, "uint16")
+DTYPE_CHOICES = (None, "auto", "uint16")
 #: SOP Class UID prefixes of objects that are not images to classify.
 NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
@@ -357,7 +357,8 @@ class DicomSource:
         scale: full-depth storage scale, e.g. `0.01` for PET SUV-like values.
             Defaults to `1.0`.
         dtype: `"uint16"` promotes uint8 images (colour, windowed) by `x * 257`, so a
-            mixed folder becomes one dtype. Defaults to `None` (as decoded).
+            mixed folder becomes one dtype; None or `"auto"` keeps each image's.
+            Defaults to `None`.
         salt: salt of the patient-key and record-id hashes (str/bytes). Defaults to
             `None` (read or create `salt_file`).
         salt_file: where the salt is kept; must be outside the dataset. Defaults to
@@ -413,7 +414,7 @@ class DicomSource:
         self.window = dicom_pixels.parse_window(window)
         self.offset = int(offset)
         self.scale = float(scale)
-        self.dtype = dtype
+        self.dtype = None if dtype == "auto" else dtype
         self.keep_filenames = bool(keep_filenames)
         self.workers = check_workers(workers)
         self.prefetch = prefetch
@@ -430,6 +431,13 @@ class DicomSource:
     @classmethod
     def from_spec(cls, spec, **options):
         return cls(spec, **options)
+
+    @staticmethod
+    def check_options(options, out_dir):
+        """Called by `kmedimg convert` before converting: the salt must live outside OUT."""
+        salt_file = options.get("salt_file") or privacy.DEFAULT_SALT_FILE
+        if options.get("salt") is None:
+            privacy.check_salt_outside(salt_file, out_dir)
 
     @staticmethod
     def sniff(spec):

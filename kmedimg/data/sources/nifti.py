@@ -328,6 +328,13 @@ class NiftiSource:
         return cls(spec, **options)
 
     @staticmethod
+    def check_options(options, out_dir):
+        """Called by `kmedimg convert` before converting: the salt must live outside OUT."""
+        salt_file = options.get("salt_file") or privacy.DEFAULT_SALT_FILE
+        if options.get("salt") is None:
+            privacy.check_salt_outside(salt_file, out_dir)
+
+    @staticmethod
     def sniff(spec):
         """5 for a folder holding .nii/.nii.gz files (beats the image folder's 1)."""
         if not os.path.isdir(spec):
