@@ -176,39 +176,32 @@ def _normalize_size(image_size, manifest):
 
 
 def _checked_records(path, expected, compression):
-    """The records of one shard file, failing with the file's name when it is damaged.
+    """The records of one shard file as `(index, record)`, failing with the file's name
+    when the file holds fewer valid records than the manifest lists.
 
     TFRecordDataset stops silently at a truncated tail and reports a corrupt record
-    as "corrupted record at N" without the file name. Reading with `ignore_errors`
-    and comparing the record count with the manifest turns both into an error that
-    names the shard. Counting happens on chunks of 256 records, so the per-record
-    cost is one `unbatch`.
+    as "corrupted record at N" without the file name. Here the file is read with
+    `ignore_errors` (a damaged file just ends early) followed by one sentinel element
+    whose computation raises an error naming the file, and zipped *behind* a
+    `range(expected)`: zip stops at the range's end before pulling the sentinel, so
+    an intact file never reaches it. All of that runs in C++ per record (no Python
+    function per record); the cost is carrying the index, which consumers ignore.
     """
-    chunks = tf.data.TFRecordDataset(path, compression_type=compression)
-    chunks = chunks.ignore_errors().batch(256)
-    chunks = chunks.map(lambda chunk: (chunk, False))
-    chunks = chunks.concatenate(
-        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
-    )
 
-    def count(total, element):
-        chunk, is_end = element
-        total = total + tf.shape(chunk, out_type=tf.int64)[0]
-        return total, (chunk, is_end, total)
-
-    def keep(chunk, is_end, total):
-        complete = tf.logical_or(tf.logical_not(is_end), tf.equal(total, expected))
+    def fail(sentinel_path):
         check = tf.debugging.Assert(
-            complete,
-            ["kmedimg: shard", path, "is corrupt or truncated: read", total,
-             "valid records, the manifest lists", expected,
+            tf.equal(tf.strings.length(sentinel_path), -1),  # always false, at run time
+            ["kmedimg: shard", sentinel_path, "is corrupt or truncated: it holds fewer "
+             "valid records than the", expected, "the manifest lists "
              "(kmedimg.data.pipeline.verify checks every shard's sha256)"],
+            summarize=1,
         )
         with tf.control_dependencies([check]):
-            return tf.logical_not(is_end)
+            return tf.identity(sentinel_path)
 
-    chunks = chunks.scan(tf.constant(0, tf.int64), count).filter(keep)
-    return chunks.map(lambda chunk, is_end, total: chunk).unbatch()
+    records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
+    records = records.concatenate(tf.data.Dataset.from_tensors(path).map(fail))
+    return tf.data.Dataset.zip((tf.data.Dataset.range(expected), records))
 
 
 def sharding_mode(num_files, input_context):
@@ -339,12 +332,14 @@ def load(
     ordered = deterministic or mode == "record"
     if training and mode != "record" and local_files > 1:
         dataset = dataset.shuffle(local_files, seed=seed, reshuffle_each_iteration=True)
+    # Both readers yield (index, record); the index is ignored downstream.
     if check_records:
         def read(path, records):
             return _checked_records(path, records, compression)
     else:
         def read(path, records):
-            return tf.data.TFRecordDataset(path, compression_type=compression)
+            records_in_file = tf.data.TFRecordDataset(path, compression_type=compression)
+            return tf.data.Dataset.zip((tf.data.Dataset.range(records), records_in_file))
     dataset = dataset.interleave(
         read,
         cycle_length=max(1, min(local_files, 16)),
@@ -358,7 +353,8 @@ def load(
 
     vectorised = decoder.supports_batch_decode
     if not vectorised:
-        dataset = dataset.map(decoder.decode, num_parallel_calls=tf.data.AUTOTUNE,
+        dataset = dataset.map(lambda index, record: decoder.decode(record),
+                              num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
@@ -377,7 +373,7 @@ def load(
         dataset = dataset.repeat()
     if vectorised:
         dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
-        dataset = dataset.map(lambda records: parse(decoder.decode_batch(records)),
+        dataset = dataset.map(lambda indices, records: parse(decoder.decode_batch(records)),
                               num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
     else:
