@@ -557,3 +557,34 @@ def test_round_trip_through_load(written):
     assert manifest.source["intensity"]["offset"] == 1024
     assert manifest.source["privacy"]["salt_fingerprint"] == privacy.salt_fingerprint(
         SALT.encode())
+
+
+def test_convert_command(tmp_path, capsys):
+    """`kmedimg convert --format dicom` with window, frames, salt file; salt inside OUT refused."""
+    from pydicom.data import get_testdata_file
+
+    from kmedimg.cli import main
+    from kmedimg.data.pipeline import read_manifest
+
+    tree = tmp_path / "tree"
+    for folder, names in (("ct", ("CT_small.dcm", "rtstruct.dcm")),
+                          ("mr", ("MR_small.dcm", "emri_small.dcm"))):
+        (tree / folder).mkdir(parents=True)
+        for name in names:
+            os.symlink(get_testdata_file(name), tree / folder / name)
+    salt_file = tmp_path / "private" / "salt"
+    code = main(["convert", str(tree), str(tmp_path / "out"), "--window=-600,1500",
+                 "--frames", "all", "--salt-file", str(salt_file), "--workers", "1",
+                 "--no-progress"])
+    assert code == 0 and salt_file.exists()
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.source["format"] == "dicom" and manifest.dtype == "uint8"
+    assert manifest.source["window"] == {"name": "explicit", "center": -600.0, "width": 1500.0}
+    assert manifest.counts["written"] == 1 + 1 + 10 and manifest.counts["rejected"] == 1
+    assert "written" in capsys.readouterr().out
+    code = main(["convert", str(tree), str(tmp_path / "out2"), "--salt-file",
+                 str(tmp_path / "out2" / "salt"), "--no-progress"])
+    assert code == 2 and "outside the output directory" in capsys.readouterr().err
+    code = main(["convert", str(tree), str(tmp_path / "out3"), "--format", "dicom",
+                 "--slices", "3", "--salt-file", str(salt_file)])
+    assert code == 2 and "--slices applies to --format nifti" in capsys.readouterr().err

@@ -202,3 +202,23 @@ def test_through_writer_and_load(nibabel_tree, tmp_path):
     images, labels = next(iter(load(tmp_path / "out", "train", image_size=16, batch_size=5,
                                     training=False)))
     assert images.shape == (5, 16, 16, 1) and labels.shape == (5, 1)
+
+
+def test_convert_command(tmp_path, capsys):
+    from kmedimg.cli import main
+    from kmedimg.data.pipeline import read_manifest
+
+    root = tmp_path / "tree"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for index in range(2):
+            data = np.full((5, 6, 7), index * 10 + (label == "b"), dtype=np.int16)
+            _save(root / label / f"v{index}.nii.gz", data)
+    code = main(["convert", str(root), str(tmp_path / "out"), "--axis", "coronal",
+                 "--slices", "2", "--salt-file", str(tmp_path / "salt"), "--workers", "1",
+                 "--no-progress"])
+    assert code == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.source["format"] == "nifti" and manifest.source["axis"] == "coronal"
+    assert manifest.counts["written"] == 4 * 2 and manifest.height == 7 and manifest.width == 5
+    capsys.readouterr()

@@ -1,0 +1,127 @@
+"""DICOM conversion throughput: one process vs the DicomSource process pool.
+
+Copies the files of the `pydicom-data` package (68 files: CT, MR, CR, US, secondary
+capture; uncompressed, JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, deflate)
+round-robin into two class folders until there are `--files` files (~500), then
+measures, for `workers=1` (decoding in the converting process) and `workers=N`
+(the ordered, bounded process pool inside `DicomSource`):
+
+* decode: iterating the source alone (read + decode + pixel transforms + privacy);
+* convert: `write_dataset(source, out)` end to end (two passes over the source,
+  sharded raw TFRecords, manifest, rejected.csv), i.e. what `kmedimg convert` does.
+
+Figures are files/s and input MB/s (bytes of the DICOM files read), median of
+`--runs` runs, the CPU seconds used (this process + pool workers), and the ratio
+pool / single process. The 1-minute load average is printed with each figure: other
+processes on the machine make wall-clock ratios meaningless. Usage:
+
+    python benchmarks/dicom_convert.py [--files 500] [--runs 3] [--workers 2]
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from kmedimg.data.sources.dicom import DicomSource  # noqa: E402
+from kmedimg.data.sources.parallel import default_workers  # noqa: E402
+from kmedimg.data.writer import write_dataset  # noqa: E402
+
+
+def pydicom_data_files():
+    from pydicom.data import get_testdata_files
+
+    files = sorted(f for f in get_testdata_files() if os.path.isfile(f)
+                   and f"{os.sep}data_store{os.sep}" in f)
+    if not files:
+        raise SystemExit("pydicom-data is not installed: pip install 'kmedimg[test]'")
+    return files
+
+
+def build_tree(root, count):
+    """`count` copies of the pydicom-data files, alternating between two class folders."""
+    files = pydicom_data_files()
+    total = 0
+    for index in range(count):
+        path = files[index % len(files)]
+        folder = os.path.join(root, "class_a" if index % 2 == 0 else "class_b")
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, f"{index:04d}_{os.path.basename(path)}")
+        shutil.copyfile(path, target)
+        total += os.path.getsize(target)
+    return len(files), total
+
+
+def _cpu_seconds():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped pool workers
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(function, runs):
+    """Median wall time, all wall times, median CPU seconds (this process + workers)."""
+    times, cpu = [], []
+    result = None
+    for _ in range(runs):
+        start, start_cpu = time.perf_counter(), _cpu_seconds()
+        result = function()
+        times.append(time.perf_counter() - start)
+        cpu.append(_cpu_seconds() - start_cpu)
+    return statistics.median(times), times, statistics.median(cpu), result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--frames", default="first", choices=("first", "middle", "all"))
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="kmedimg_dicom_bench_")
+    try:
+        root = os.path.join(work, "dicom")
+        distinct, total_bytes = build_tree(root, args.files)
+        megabytes = total_bytes / 1e6
+        print(f"{args.files} files ({distinct} distinct pydicom-data files), {megabytes:.0f} MB, "
+              f"frames={args.frames}, {os.cpu_count()} CPUs, median of {args.runs} runs")
+
+        def make_source(workers):
+            return DicomSource(root, salt="benchmark", frames=args.frames, workers=workers)
+
+        def decode(workers):
+            items = 0
+            for entry in make_source(workers):
+                items += hasattr(entry, "pixels")
+            return items
+
+        def convert(workers):
+            out = os.path.join(work, f"out_{workers}")
+            manifest = write_dataset(make_source(workers), out, overwrite=True)
+            return manifest.counts["written"]
+
+        results = {}
+        for stage, function in (("decode", decode), ("convert", convert)):
+            for workers in (1, args.workers):
+                median, times, cpu, produced = timed(lambda: function(workers), args.runs)
+                results[(stage, workers)] = median
+                print(f"{stage:8s} workers={workers}: {median:7.2f} s  "
+                      f"{args.files / median:7.1f} files/s  {megabytes / median:7.1f} MB/s  "
+                      f"cpu {cpu:6.1f} s  ({produced} images; runs "
+                      f"{', '.join(f'{t:.1f}' for t in times)} s; load average "
+                      f"{os.getloadavg()[0]:.1f})")
+        for stage in ("decode", "convert"):
+            ratio = results[(stage, 1)] / results[(stage, args.workers)]
+            print(f"{stage}: workers={args.workers} vs 1 process: {ratio:.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
