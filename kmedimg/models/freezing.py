@@ -3,6 +3,8 @@
 import math
 import numbers
 
+import keras
+
 from kmedimg.models.backbones import get_backbone
 from kmedimg.models.pretrained import get_backbone_model
 
@@ -79,8 +81,17 @@ def freeze_backbone(model, freeze_depth):
     blocks = backbone_blocks(model)
     depth = resolve_freeze_depth(freeze_depth, len(blocks))
     backbone = get_backbone_model(model)
-    backbone.trainable = True
+    # Keras' `Model.trainable = True` does not reach the layers of a functional
+    # model, so every layer is set explicitly (and nested models recursively).
+    _set_trainable(backbone, True)
     for _, layers in blocks[:depth]:
         for layer in layers:
-            layer.trainable = False
+            _set_trainable(layer, False)
     return depth
+
+
+def _set_trainable(layer, value):
+    layer.trainable = value
+    if isinstance(layer, keras.Model):
+        for sublayer in layer.layers:
+            _set_trainable(sublayer, value)
