@@ -101,6 +101,34 @@ def test_defaults_are_the_recipe_and_each_value_reaches_the_model(phantoms, tmp_
     keras.backend.clear_session()
 
 
+def test_backbone_and_recipe_choices_condition_freeze_depth(phantoms, tmp_path):
+    config = config_from_dict(recipe(phantoms, tmp_path, tune={"search_space": {
+        "backbone": [BACKBONE, "lenet5"], "recipe": ["two_stage", "from_scratch"],
+        "augmentation_strength": {"min": 0.0, "max": 1.0, "step": 0.5}}}))
+    hypermodel = ClassifierHyperModel(config)
+    space = keras_tuner.HyperParameters()
+    hypermodel.declare_hyperparameters(space)
+    depths = [p for p in space.space if p.name == "freeze_depth"]
+    assert [p.conditions[0].values for p in depths] == [[BACKBONE], ["lenet5"]]
+
+    hp = space.copy()
+    hp.values.update(backbone="lenet5", recipe="two_stage", freeze_depth=2,
+                     augmentation_strength=0.5)
+    trial = hypermodel.trial_config(hypermodel.values(hp))
+    assert trial.model.backbone == "lenet5" and trial.recipe.options["freeze_depth"] == 2
+    assert trial.model.augmentation["rotation"] == pytest.approx(5.0)  # half the default 10
+
+    hp.values.update(recipe="from_scratch", augmentation_strength=0.0)
+    values = hypermodel.values(hp)
+    assert "freeze_depth" not in values  # from_scratch has no such option
+    trial = hypermodel.trial_config(values)
+    assert trial.recipe.name == "from_scratch" and trial.model.augmentation is None
+    assert trial.recipe.options["epochs"] == 2  # scaled to the base recipe's 1 + 1 epochs
+    with pytest.raises(ValueError, match="unknown backbone.*Received: backbone='resnet9'"):
+        ClassifierHyperModel(config_from_dict(recipe(phantoms, tmp_path, tune={
+            "search_space": {"backbone": ["resnet9"]}})))
+
+
 def test_search_values_reach_each_trial_and_the_best_recipe_reproduces(phantoms, tmp_path):
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(recipe(phantoms, tmp_path / "tune", tune={

@@ -1,6 +1,7 @@
 """`ClassifierHyperModel`: a recipe file's classifier and stages, with searched values."""
 
 import copy
+import inspect
 import math
 import tempfile
 
@@ -74,7 +75,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
     | `freeze_depth` | `recipe.freeze_depth` (int, blocks from the stem) |
     | `weight_decay` | `training.weight_decay` |
     | `hidden_units` | `model.hidden_units` |
-    | `augmentation_strength` | `model.augmentation` (0 = off) |
+    | `augmentation_strength` | `model.augmentation`: magnitudes x strength (0 = off) |
     | `backbone` | `model.backbone` |
     | `recipe` | `recipe.name` (its own defaults, the file's shared options kept) |
 
@@ -240,7 +241,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
                 default=model.hidden_units if model.hidden_units in choices else choices[0],
             )
         if space.augmentation_strength is not None:
-            current = model.augmentation if isinstance(model.augmentation, (int, float)) else 0.0
+            current = 1.0 if model.augmentation not in (None, False) else 0.0
             values["augmentation_strength"] = _tidy(hp.Float(
                 "augmentation_strength", space.augmentation_strength.min,
                 space.augmentation_strength.max, step=space.augmentation_strength.step,
@@ -249,23 +250,25 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         return values
 
     def _declare_freeze_depth(self, hp, values, backbones, recipes):
-        # Freeze depth exists only for recipes with that option, and its range is the
-        # chosen backbone's number of blocks; both become conditions when searched.
+        # Freeze depth counts the chosen backbone's blocks, so with several backbones
+        # it is declared once per backbone, conditional on it. With one backbone it is
+        # conditional on the recipes that have the option instead (Keras Tuner cannot
+        # nest conditions on two parents); with both, recipes without the option
+        # simply ignore the value.
         with_depth = [r for r in recipes if "freeze_depth" in recipes_module.recipe_options(r)]
         if not with_depth:
             return
-        conditional = len(recipes) > 1 and len(with_depth) < len(recipes)
-        scope = hp.conditional_scope("recipe", with_depth) if conditional else _Nothing()
-        with scope:
-            for backbone in backbones:
-                inner = (
-                    hp.conditional_scope("backbone", [backbone]) if len(backbones) > 1
-                    else _Nothing()
-                )
-                with inner:
-                    value = self._freeze_depth_for(hp, backbone, values, with_depth)
-                if backbone == values["backbone"] and values["recipe"] in with_depth:
-                    values["freeze_depth"] = value
+        for backbone in backbones:
+            if len(backbones) > 1:
+                scope = hp.conditional_scope("backbone", [backbone])
+            elif len(with_depth) < len(recipes):
+                scope = hp.conditional_scope("recipe", with_depth)
+            else:
+                scope = _Nothing()
+            with scope:
+                value = self._freeze_depth_for(hp, backbone, values, with_depth)
+            if backbone == values["backbone"] and values["recipe"] in with_depth:
+                values["freeze_depth"] = value
 
     def _freeze_depth_for(self, hp, backbone, values, with_depth):
         blocks = self.num_blocks(backbone)
@@ -342,8 +345,9 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         if "hidden_units" in values:
             config.model.hidden_units = int(values["hidden_units"])
         if "augmentation_strength" in values:
-            strength = float(values["augmentation_strength"])
-            config.model.augmentation = strength if strength > 0 else None
+            config.model.augmentation = augmentation_for_strength(
+                values["augmentation_strength"], self.config.model.augmentation
+            )
         if "weight_decay" in values:
             config.training.weight_decay = float(values["weight_decay"])
         # The best checkpoint of a trial is the one the search scores it by.
@@ -404,6 +408,29 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         config.evaluation.bootstrap = 0
         result = training.run(config, progress=False)
         return history_from_rows(result.history)
+
+
+AUGMENTATION_MAGNITUDES = ("rotation", "zoom", "translation", "contrast", "brightness",
+                           "noise_stddev")
+
+
+def augmentation_for_strength(strength, base=None):
+    """`model.augmentation` for a strength in 0..1: 0 is off, 1 the base settings.
+
+    Every magnitude of `kmedimg.layers.MedicalAugmentation` (rotation, zoom,
+    translation, contrast, brightness, noise) is the base value times `strength`; the
+    base is the recipe file's augmentation dict, or the layer's defaults.
+    """
+    from kmedimg.layers import MedicalAugmentation
+
+    strength = float(strength)
+    if strength <= 0:
+        return None
+    defaults = inspect.signature(MedicalAugmentation.__init__).parameters
+    base = dict(base) if isinstance(base, dict) else {}
+    for name in AUGMENTATION_MAGNITUDES:
+        base[name] = round(float(base.get(name, defaults[name].default)) * strength, 6)
+    return base
 
 
 def history_from_rows(rows):

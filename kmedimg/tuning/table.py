@@ -46,7 +46,10 @@ class TrialTable:
 
     def end(self, trial):
         values = trial.hyperparameters.values
-        names = [name.replace("tuner/", "") for name in values if name != "tuner/trial_id"]
+        # Hyperband's trial_id/initial_epoch describe warm starts, which kmedimg does not
+        # use (each trial runs its recipe from the start; see TrialHooks.run_trial).
+        hidden = ("tuner/trial_id", "tuner/initial_epoch")
+        names = [name.replace("tuner/", "") for name in values if name not in hidden]
         if self.columns is None or any(name not in self.columns for name in names):
             self._header(names)
         by_name = {name.replace("tuner/", ""): value for name, value in values.items()}
@@ -69,6 +72,10 @@ class TrialTable:
         if self.worker:
             cells.append(self.worker)
         self._print(cells)
+        if trial.message and score is None:
+            last = [line for line in str(trial.message).strip().splitlines() if line.strip()]
+            print(f"    trial {trial.trial_id} failed: {last[-1] if last else trial.message}",
+                  file=self.stream, flush=True)
         self.rows += 1
 
     def _print(self, cells):
