@@ -10,7 +10,7 @@ import tensorflow as tf
 from kmedimg.data import schema
 from kmedimg.data.pipeline import load, make_dataset_fn, read_manifest, sharding_mode, verify
 from kmedimg.data.writer import write_dataset
-from tests.helpers import Item, ListSource, binary_items, image
+from helpers import Item, ListSource, binary_items, image
 
 
 @pytest.fixture(scope="module")

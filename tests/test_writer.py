@@ -13,7 +13,7 @@ from kmedimg.data import schema
 from kmedimg.data.pipeline import load, read_manifest
 from kmedimg.data.splits import plan_splits
 from kmedimg.data.writer import write_dataset
-from tests.helpers import Item, ListSource, Rejected, binary_items, image
+from helpers import Item, ListSource, Rejected, binary_items, image
 
 
 def read_split(out_dir, split, **kwargs):
