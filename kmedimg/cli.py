@@ -14,6 +14,9 @@ SUBCOMMANDS = [
     "kmedimg.data.cli:add_inspect_command",
     "kmedimg.models.command:add_parser",
     "kmedimg.tuning.command:add_tune_command",
+    "kmedimg.training:add_train_command",
+    "kmedimg.recipes:add_advise_command",
+    "kmedimg.demo:add_demo_command",
 ]
 
 

@@ -136,6 +136,12 @@ class TrainingConfig:
             class. Defaults to `"auto"`.
         imbalance_ratio: class-count ratio from which `"auto"` weights classes.
             Defaults to `1.5`.
+        batchnorm_momentum: momentum of the BatchNormalization moving statistics.
+            `None` means 0.9 for recipes that start from random weights and the
+            backbone's own value otherwise: Keras applications use 0.999, tuned for
+            ImageNet-length runs; after a few hundred steps from scratch the moving
+            statistics are still near their initial values and validation predictions
+            collapse to a constant. Defaults to `None`.
         early_stopping_patience: epochs without improvement of `monitor` before a
             stage stops; `None` disables early stopping. Defaults to `None`.
         monitor: validation metric for the best checkpoint and early stopping.
@@ -148,6 +154,10 @@ class TrainingConfig:
             Defaults to `None`.
         jit_compile: `"auto"` takes the platform default (off on CPU), or a bool.
             Defaults to `"auto"`.
+        restore_best: save and evaluate the best epoch's weights (by `monitor`) as
+            `model.keras`; `False` keeps the last epoch's (the best is still
+            checkpointed). Selecting on validation makes its metrics optimistic.
+            Defaults to `True`.
         tensorboard: write TensorBoard logs to `run_dir/logs`. Defaults to `True`.
         backup: resume a killed run from `run_dir/backup` (Keras `BackupAndRestore`).
             Defaults to `True`.
@@ -165,6 +175,7 @@ class TrainingConfig:
     focal_gamma: float = 2.0
     class_weight: Union[str, list] = "auto"
     imbalance_ratio: float = 1.5
+    batchnorm_momentum: Optional[float] = None
     early_stopping_patience: Optional[int] = None
     monitor: str = "val_auc"
     monitor_mode: str = dataclasses.field(default="auto", metadata=_choices("auto", "max", "min"))
@@ -172,6 +183,7 @@ class TrainingConfig:
     validation_steps: Optional[int] = None
     steps_per_execution: Optional[int] = None
     jit_compile: Union[bool, str] = "auto"
+    restore_best: bool = True
     tensorboard: bool = True
     backup: bool = True
     run_dir: Optional[str] = None
@@ -475,6 +487,12 @@ def _check_cross_fields(config, where):
         raise ValueError(
             f"{where}: key `training.label_smoothing` must be in [0, 1). "
             f"Received: training.label_smoothing={config.training.label_smoothing!r}"
+        )
+    momentum = config.training.batchnorm_momentum
+    if momentum is not None and not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"{where}: key `training.batchnorm_momentum` must be in [0, 1). "
+            f"Received: training.batchnorm_momentum={momentum!r}"
         )
     if not 0.0 <= config.model.dropout < 1.0:
         raise ValueError(

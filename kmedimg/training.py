@@ -63,6 +63,10 @@ BEST_NAME = os.path.join("checkpoints", "best.weights.h5")
 # a backbone containing one cannot have its features cached.
 _RANDOM_LAYER_HINTS = ("Dropout", "Noise", "Random", "Augmentation")
 
+# BatchNormalization momentum for training from random weights (see
+# `TrainingConfig.batchnorm_momentum`).
+RANDOM_INIT_BATCHNORM_MOMENTUM = 0.9
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -528,12 +532,14 @@ class _BestCheckpoint(keras.callbacks.Callback):
 def _save_weights_only(model, path):
     """Model weights without optimizer slots (they differ between stages)."""
     temporary = f"{path}.tmp.weights.h5"
-    optimizer = model.optimizer
+    optimizer = getattr(model, "optimizer", None)
     try:
-        model.optimizer = None
+        if optimizer is not None:
+            model.optimizer = None
         model.save_weights(temporary)
     finally:
-        model.optimizer = optimizer
+        if optimizer is not None:
+            model.optimizer = optimizer
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
@@ -543,12 +549,14 @@ def _save_model_state(model, path):
 
 
 def _load_model_state(model, path):
-    optimizer = model.optimizer
+    optimizer = getattr(model, "optimizer", None)
     try:
-        model.optimizer = None
+        if optimizer is not None:
+            model.optimizer = None
         model.load_weights(path)
     finally:
-        model.optimizer = optimizer
+        if optimizer is not None:
+            model.optimizer = optimizer
     _restore_random_states(model, f"{path}.random.json", 0)
 
 
@@ -572,31 +580,23 @@ def split_at_head(model):
     the head model maps those features to the prediction. Training the head model
     trains the classifier's head.
     """
-    blocks = _models().backbone_blocks(model)
-    last_layer = blocks[-1][1][-1]
-    top_level = {id(layer) for layer in model.layers}
-    if id(last_layer) not in top_level:
-        # The backbone is a nested model: its output is the head's input.
-        owner = [layer for layer in model.layers
-                 if isinstance(layer, keras.Model) and last_layer in layer.layers]
-        if not owner:
-            raise ValueError(
-                f"Cannot find the head of model {model.name!r}: the last backbone layer "
-                f"{last_layer.name!r} is not a layer of the model nor of a nested model."
-            )
-        last_layer = owner[0]
-    feature_tensor = last_layer.output
-    feature_model = keras.Model(model.inputs, feature_tensor, name=f"{model.name}_features")
-    head_input = keras.Input(tuple(feature_tensor.shape[1:]), dtype=feature_tensor.dtype)
-    index = [id(layer) for layer in model.layers].index(id(last_layer))
-    tensor, previous = head_input, last_layer
-    for layer in model.layers[index + 1:]:
-        if layer.input is not previous.output:
-            raise ValueError(
-                f"Cannot cache features of model {model.name!r}: its head is not a chain of "
-                f"layers (layer {layer.name!r} does not take {previous.name!r}'s output)."
-            )
-        tensor, previous = layer(tensor), layer
+    backbone = _models().get_backbone_model(model)
+    if backbone is model or backbone not in model.layers:
+        raise ValueError(
+            f"Cannot find the head of model {model.name!r}: expected a classifier from "
+            "kmedimg.models.build_classifier with a nested backbone."
+        )
+    # The classifier is a chain; replaying it up to the backbone gives the features
+    # in the outer graph (a nested model's own `.output` is not connected to it).
+    position = model.layers.index(backbone)
+    tensor = model.inputs[0]
+    for layer in model.layers[1:position + 1]:
+        tensor = layer(tensor)
+    feature_model = keras.Model(model.inputs, tensor, name=f"{model.name}_features")
+    head_input = keras.Input(tuple(tensor.shape[1:]), dtype=tensor.dtype)
+    tensor = head_input
+    for layer in model.layers[position + 1:]:
+        tensor = layer(tensor)
     head_model = keras.Model(head_input, tensor, name=f"{model.name}_head")
     return feature_model, head_model
 
@@ -876,14 +876,39 @@ def build_model(config, num_classes, input_shape, task="binary", recipe=None, dt
         # Keras 3 runs in inference mode).
         backbone_training="follow",
     )
+    momentum = config.training.batchnorm_momentum
+    if momentum is None and recipe.init == "random":
+        momentum = RANDOM_INIT_BATCHNORM_MOMENTUM
+    if momentum is not None:
+        count = set_batchnorm_momentum(model, momentum)
+        if count:
+            notes.append(f"BatchNormalization momentum {momentum} ({count} layers)")
     for note in notes:
         logger.warning(note) if note.startswith("WARNING") else logger.info(note)
     model.kmedimg_init_notes = notes
     return model
 
 
-def _task_of(config):
-    return _manifest(config).task
+def set_batchnorm_momentum(model, momentum):
+    """Sets the moving-statistics momentum of every BatchNormalization in `model`.
+
+    Returns:
+        The number of layers changed.
+    """
+    count = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+    return count
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
 
 
 def prepare_stage(model, stage, config, steps_per_epoch=None, task=None, compile_model=None):
@@ -1242,7 +1267,7 @@ def run(config, progress=True):
         best_row = (max if mode == "max" else min)(scored, key=lambda row: row[monitor])
         best = {"monitor": monitor, "value": best_row[monitor], "stage": best_row["stage"],
                 "epoch": best_row["epoch"], "global_epoch": best_row["global_epoch"]}
-    if tf.io.gfile.exists(best_path):
+    if training.restore_best and tf.io.gfile.exists(best_path):
         _load_model_state(model, best_path)
     model_path = _join(run_dir, MODEL_NAME)
     model.save(model_path)
@@ -1254,6 +1279,7 @@ def run(config, progress=True):
         "task": manifest.task,
         "class_names": list(manifest.class_names),
         "best": best,
+        "evaluated_weights": "best" if training.restore_best and best else "last",
         "stages": stage_reports,
         "trainable_params": max((s["trainable_params"] for s in stage_reports), default=0),
         "total_params": int(model.count_params()),
