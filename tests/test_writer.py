@@ -332,3 +332,20 @@ def test_manifest_json_is_plain_json(tmp_path):
     raw = json.loads((tmp_path / schema.MANIFEST_NAME).read_text())
     assert raw["schema_version"] == schema.SCHEMA_VERSION
     assert raw["class_names"] == ["neg", "pos"]
+
+
+def test_non_local_paths_go_through_tf_io_gfile():
+    # TensorFlow's in-memory "ram://" file system stands in for gs://: any os/open on
+    # an output path would fail here.
+    import uuid
+
+    out_dir = f"ram://kmedimg-test-{uuid.uuid4().hex}/dataset"
+    write_dataset(ListSource(binary_items(12)), out_dir, val_fraction=0.25)
+    assert sorted(tf.io.gfile.listdir(out_dir))[:2] == [schema.MANIFEST_NAME,
+                                                        schema.REJECTED_NAME]
+    assert not [n for n in tf.io.gfile.listdir(out_dir) if n.startswith(".incomplete")]
+    from kmedimg.data.pipeline import verify
+
+    manifest = verify(out_dir)
+    images, _ = read_split(out_dir, "val")
+    assert len(images) == manifest.splits["val"].count == 3
