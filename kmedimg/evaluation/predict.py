@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from kmedimg.evaluation import inputs
-from kmedimg.evaluation.evaluate import make_predict_fn
+from kmedimg.evaluation.evaluate import make_predict_fn, predict_dataset
 from kmedimg.evaluation.runs import class_columns, load_model_for_inference
 
 
@@ -81,16 +81,11 @@ def predict_records(model, data_dir, split, batch_size=64, tta="none"):
     from kmedimg.evaluation.inputs import model_input_spec
 
     height, width, channels = model_input_spec(model)
-    predict = make_predict_fn(model, tta)
-    ids, labels, probs = [], [], []
-    for images, batch_labels, batch_ids in records_with_ids(data_dir, split, (height, width),
-                                                            channels, batch_size):
-        probs.append(predict(images).numpy())
-        labels.append(batch_labels.numpy())
-        ids.extend(value.decode("utf-8") for value in batch_ids.numpy())
-    if not probs:
+    result = predict_dataset(model, records_with_ids(data_dir, split, (height, width), channels,
+                                                     batch_size), tta)
+    if result.ids is None:
         raise ValueError(f"Split {split!r} of {data_dir} holds no records. Received: 0 records")
-    return np.asarray(ids), np.concatenate(labels), np.concatenate(probs)
+    return result.ids, result.labels, result.probs
 
 
 def predict_files(model, paths, dtype="auto", batch_size=32, dicom=None, tta="none"):
@@ -157,7 +152,7 @@ def write_predictions_csv(out, ids, probs, task, class_names, threshold=None, la
             cells = [ids[row]]
             if labels is not None:
                 cells.append(_label_text(labels[row], task, names))
-            cells.extend(f"{value:.6f}" for value in probs[row])
+            cells.extend(f"{value:.9g}" for value in probs[row])
             if task == "multiclass":
                 cells.append(names[int(decided[row])])
             elif task == "binary":

@@ -116,9 +116,16 @@ def load_model_for_inference(path, data=None):
         info["config"] = read_run_config(run_dir)
         data = data or (info["config"].get("data") or {}).get("path")
         threshold_path = os.path.join(run_dir, EVALUATION_DIR, THRESHOLD_FILE)
+        metrics_path = os.path.join(run_dir, "metrics.json")
         if os.path.isfile(threshold_path):
             with open(threshold_path) as handle:
                 info["threshold"] = json.load(handle)
+        elif os.path.isfile(metrics_path):
+            # The training run's test metrics carry the validation-chosen operating point.
+            with open(metrics_path) as handle:
+                test = (json.load(handle) or {}).get("test") or {}
+            if isinstance(test, dict) and test.get("threshold"):
+                info["threshold"] = test["threshold"]
     if data:
         try:
             info.update(describe_dataset(data))
