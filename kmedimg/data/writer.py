@@ -56,7 +56,7 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _MAX_LISTED_DUPLICATE_GROUPS = 1000
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Planned:
     """What pass 1 keeps of one valid item (no pixels)."""
 
@@ -226,7 +226,7 @@ def write_dataset(
             Defaults to `0.0`.
         test_fraction: share of items for "test" when the source gives no split.
             Defaults to `0.0`.
-        seed: seed of the split plan and shard assignment. Defaults to `0`.
+        seed: seed of the split plan. Defaults to `0`.
         drop_duplicates: reject all but the first copy of exact-duplicate images
             (listed in rejected.csv). Defaults to `False` (keep and report them).
         image_size: int or (height, width) to resize every image at conversion.
@@ -430,8 +430,13 @@ def write_dataset(
         estimated = sum(int(np.prod(entry.shape)) * itemsize + 64 for entry in entries)
         count = _shard_count(len(entries), estimated, num_shards, name)
         shard_counts[name] = count
+        # Contiguous blocks, not round robin: sources often come sorted (one class
+        # folder after another) and the writer cannot reorder without holding pixels.
+        # Round robin would give every shard the same sorted profile, so reading shards
+        # in parallel would still see one class first; contiguous blocks read in
+        # parallel (load() interleaves up to 16 files record by record) mix the classes.
         for rank, entry in enumerate(entries):
-            shard_plan[entry.position] = (name, rank % count)
+            shard_plan[entry.position] = (name, rank * count // len(entries))
 
     # ---- pass 2: write --------------------------------------------------------------
     temp_dir = _join(out_dir, f".incomplete-{uuid.uuid4().hex[:12]}")
