@@ -388,7 +388,7 @@ def _gradcam_cases(model, records, predictions, result, info, per_group):
 
 def add_evaluate_command(subparsers):
     parser = subparsers.add_parser(
-        "evaluate", help="metrics with 95% CIs at a validation-chosen operating point, and report.html",
+        "evaluate", help="metrics with 95%% CIs at a validation-chosen operating point, and report.html",
         description="Chooses the operating point on the validation split, applies it to SPLIT, "
                     "writes RUN_DIR/evaluation/ and RUN_DIR/report.html.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding model.keras")
