@@ -149,6 +149,20 @@ def test_folder_sixteen_bit_and_transparent_palette(tmp_path):
     assert (item.pixels[indices != 0].sum(axis=-1) > 0).any()
 
 
+def test_folder_applies_exif_orientation(tmp_path):
+    root = tmp_path / "t"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    pixels = _grey(0, (6, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
+    Image.fromarray(pixels).save(root / "a" / "sideways.png", exif=exif)
+    Image.fromarray(pixels).save(root / "b" / "upright.png")
+    kept, _ = _split(list(FolderSource(root)))
+    np.testing.assert_array_equal(kept[0].pixels[..., 0], np.rot90(pixels, k=-1))
+    np.testing.assert_array_equal(kept[1].pixels[..., 0], pixels)
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         FolderSource(tmp_path / "missing")

@@ -137,7 +137,7 @@ def render_phantom(rng, image_size, opacity):
             if inside and oy < dome_top - 0.05:
                 break
         sigma = rng.uniform(0.07, 0.16)
-        contrast = rng.uniform(0.12, 0.42) * lung_darkness / 0.3
+        contrast = rng.uniform(0.18, 0.45) * lung_darkness / 0.3
         blob = np.exp(-(((yy - oy) ** 2 + (xx - ox) ** 2) / (2 * sigma**2)))
         image += blob * lungs * contrast
         # Back to image pixel coordinates for the facts (undo tilt/scale/shift).

@@ -27,6 +27,7 @@ CHANNEL_POLICIES = ("auto", 1, 3)
 DTYPE_POLICIES = ("auto", "uint8", "uint16")
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_EXIF_ORIENTATION = 0x0112
 # Decode JPEGs at reduced size (DCT scaling) when only checking grey-ishness.
 _SCAN_DRAFT_SIZE = (128, 128)
 
@@ -94,9 +95,8 @@ def probe(path, grey_tolerance=8.0):
         if image.mode in GREY_MODES:
             return True, sixteen_bit
         if image.format in ("JPEG", "MPO"):
-            image.draft("RGB", _SCAN_DRAFT_SIZE)
-        else:
-            image.thumbnail(_SCAN_DRAFT_SIZE, Image.Resampling.NEAREST)
+            image.draft("RGB", _SCAN_DRAFT_SIZE)  # DCT-domain downscale while decoding
+        image.thumbnail(_SCAN_DRAFT_SIZE, Image.Resampling.NEAREST)
         rgb = _to_rgb(image)
         return _is_greyish(np.asarray(rgb), grey_tolerance), sixteen_bit
     except ImageFileError:
@@ -108,8 +108,12 @@ def probe(path, grey_tolerance=8.0):
 
 
 def _is_greyish(rgb, grey_tolerance):
-    rgb = rgb.astype(np.float32)
-    deviation = np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).max(axis=-1)
+    # Largest deviation of a channel from the pixel's channel mean, averaged over pixels
+    # (channel planes, not a reduction over the short last axis, which is slow).
+    red, green, blue = (rgb[..., k].astype(np.float32) for k in range(3))
+    mean = (red + green + blue) / 3.0
+    deviation = np.maximum(np.maximum(np.abs(red - mean), np.abs(green - mean)),
+                           np.abs(blue - mean))
     return float(deviation.mean()) <= grey_tolerance
 
 
@@ -174,7 +178,8 @@ def load(path, channels, dtype):
     image = _open(path)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
         if image.mode == "F":
             raise ImageFileError("32-bit float image (mode F); store it as 8 or 16 bit")
         if image.mode in SIXTEEN_BIT_MODES:
