@@ -145,6 +145,9 @@ def test_table_rows_and_results_files(tmp_path):
         table.begin(trial)
         table.end(trial)
     lines = stream.getvalue().splitlines()
+    started = [line for line in lines if line.startswith("  > trial")]
+    assert started[0] == "  > trial 0 started on w0: learning_rate=0.001 dropout=0.1"
+    lines = [line for line in lines if not line.startswith("  > trial")]
     assert lines[0].split() == ["trial", "status", "val_auc", "best", "learning_rate",
                                 "dropout", "seconds", "worker"]
     assert [line.split()[3] for line in lines[1:]] == ["0.7", "0.9", "0.9"]

@@ -398,6 +398,13 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         Returns:
             A `keras.callbacks.History` with one entry per epoch over all stages.
         """
+        if args or kwargs:
+            raise ValueError(
+                "ClassifierHyperModel trains on its recipe file's data with "
+                "kmedimg.training.run; it takes no data, callbacks or fit arguments. Use "
+                "kmedimg.tuning.make_tuner(...).search() (or `kmedimg tune`). Received: "
+                f"{len(args)} positional and keyword arguments {sorted(kwargs)}"
+            )
         from kmedimg import training
 
         config = self.trial_config(self._declare(hp), epochs=epochs)

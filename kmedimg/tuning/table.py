@@ -36,6 +36,14 @@ class TrialTable:
 
     def begin(self, trial):
         self.started[trial.trial_id] = time.monotonic()
+        values = " ".join(
+            f"{name.replace('tuner/', '')}={format_value(value)}"
+            for name, value in trial.hyperparameters.values.items()
+            if name not in ("tuner/trial_id", "tuner/initial_epoch")
+        )
+        worker = f" on {self.worker}" if self.worker else ""
+        print(f"  > trial {trial.trial_id} started{worker}: {values}", file=self.stream,
+              flush=True)
 
     def _header(self, names):
         self.columns = names

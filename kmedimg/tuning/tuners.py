@@ -1,10 +1,10 @@
-"""The tuner registry and factory: Keras Tuner's four search strategies, made kmedimg-safe.
+"""The tuner registry and factory: Keras Tuner's four search strategies for kmedimg recipes.
 
-Each registered tuner is Keras Tuner's own class plus `TrialHooks`, which adds what a
-long search on a small machine needs: one table row per finished trial, models
-released between trials, and workers that wait politely while a Hyperband round
-finishes elsewhere. The search itself (oracles, resume, chief/worker gRPC) is Keras
-Tuner's.
+Each registered tuner is Keras Tuner's own class plus `TrialHooks`, which runs a trial
+as a `kmedimg.training.run` and adds what a long search on a small machine needs: one
+table row per finished trial, models released between trials, and workers that wait
+politely while a Hyperband round finishes elsewhere. The search itself (oracles,
+resume, chief/worker gRPC) is Keras Tuner's.
 """
 
 import gc
@@ -53,7 +53,11 @@ def list_tuners():
 
 
 class TrialHooks:
-    """Mixin for a `keras_tuner.Tuner`: live table, memory release, polite workers.
+    """Mixin for a `keras_tuner.Tuner` over a `ClassifierHyperModel`.
+
+    Each trial is a `kmedimg.training.run` in the trial's directory (`run_trial`);
+    a finished trial prints a table row and its model is released; a worker waits
+    a moment while a Hyperband round finishes elsewhere; a chief serves the oracle.
 
     Args:
         table: A `TrialTable` printing one row per finished trial, or `None` for
@@ -87,17 +91,19 @@ class TrialHooks:
         self.oracle.create_trial = polite_create_trial
 
     def search(self, *fit_args, **fit_kwargs):
-        fit_kwargs.setdefault("verbose", 0)
+        if fit_args or fit_kwargs:
+            raise ValueError(
+                "A kmedimg tuner trains every trial on its recipe file's data; `search` "
+                f"takes no arguments. Received: {len(fit_args)} positional and keyword "
+                f"arguments {sorted(fit_kwargs)}"
+            )
         if distributed.current_role() == "chief":
             # The chief only serves the oracle; Keras Tuner's own loop would notice the
             # end of the search up to 20 s late.
             self.save()
             distributed.serve_oracle(self.oracle)
             return
-        super().search(*fit_args, **fit_kwargs)
-        # The oracle's display follows `verbose` again after `search` sets it.
-        if hasattr(self.oracle, "_display"):
-            self.oracle._display.verbose = 0
+        super().search()
 
     def _populate_initial_space(self):
         # `ClassifierHyperModel.declare_hyperparameters` declares every conditional
@@ -109,7 +115,7 @@ class TrialHooks:
         self.hypermodel.declare_hyperparameters(hp)
         self.oracle.update_space(hp)
 
-    def run_trial(self, trial, *args, **kwargs):
+    def run_trial(self, trial):
         """Trains the trial as a `kmedimg.training.run` in the trial's directory.
 
         Hyperband's `tuner/epochs` is the trial's budget: the recipe's stages are
