@@ -128,11 +128,11 @@ def test_keras_round_trip_keeps_predictions_and_frozen_blocks(tmp_path):
 
 
 def test_weights_from_a_file_really_load(tmp_path):
-    source = get_backbone("resnet50").build((32, 32, 3))
+    source = get_backbone("vgg16").build((32, 32, 3))
     _randomize(source, seed=1)
-    path = tmp_path / "resnet50.weights.h5"
+    path = tmp_path / "vgg16.weights.h5"
     source.save_weights(path)
-    model = build_classifier("resnet50", 1, (48, 48, 3), weights=str(path))
+    model = build_classifier("vgg16", 1, (48, 48, 3), weights=str(path))
     loaded = get_backbone_model(model)
     for expected, actual in zip(source.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(actual, expected)
@@ -161,7 +161,8 @@ def _first_layer_output(backbone, layer_name, preprocessed):
 @pytest.mark.parametrize(
     "name, layer_name",
     [
-        ("resnet50", "conv1_conv"),  # caffe BGR means, conv with bias
+        ("vgg16", "block1_conv1"),  # caffe BGR means, conv with bias
+        pytest.param("resnet50", "conv1_conv", marks=pytest.mark.slow),
         pytest.param(  # torch mean/std, no bias: the BN absorbs the constant
             "densenet121", "conv1_bn", marks=pytest.mark.slow
         ),
@@ -241,7 +242,7 @@ def test_imagenet_path_runs_offline_from_a_seeded_keras_cache(tmp_path):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
         grey = get_backbone_model(build_classifier("mobilenetv2", 1, (96, 96, 1), weights="imagenet"))
         # "tf" preprocessing is the same affine map for every channel: the fold is the plain sum.
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(grey.weights[0]), expected[0].sum(axis=2, keepdims=True), rtol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(grey.weights[0]), expected[0].sum(axis=2, keepdims=True), rtol=1e-5, atol=1e-6)
         for variable, value in zip(grey.weights[1:], expected[1:]):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
         print("seeded imagenet weights loaded")
