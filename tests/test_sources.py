@@ -318,6 +318,13 @@ def test_npz_only_test_split_multilabel_and_colour(tmp_path):
     assert list(named)[0].labels == ("a", "c")
 
 
+def test_npz_fortran_order_array(tmp_path):
+    images = np.asfortranarray(np.random.default_rng(2).integers(0, 256, (5, 4, 6), np.uint8))
+    path = _npz(tmp_path / "f.npz", train_images=images, train_labels=np.array([0, 1, 0, 1, 1]))
+    items = list(NpzSource(path))
+    np.testing.assert_array_equal(np.stack([i.pixels[..., 0] for i in items]), images)
+
+
 def test_npz_float_and_errors(tmp_path):
     images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
     ok = _npz(tmp_path / "f.npz", train_images=images, train_labels=np.array([0, 2]))

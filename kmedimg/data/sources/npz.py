@@ -63,8 +63,10 @@ class _NpyMember:
                 header = np.lib.format.read_array_header_2_0(handle)
             else:
                 header = None
+        # Streaming reads .npy format 1.0/2.0 C-order arrays; anything else (format 3.0,
+        # Fortran order) is loaded whole when iterated.
+        self.streamable = header is not None and not header[1]
         if header is None:
-            # Rare format version: learn the header from a full load.
             array = self._load_whole()
             self.shape, self.fortran_order, self.dtype = array.shape, False, array.dtype
         else:
@@ -88,7 +90,7 @@ class _NpyMember:
 
     def blocks(self):
         """Yields consecutive C-order row blocks of the array."""
-        if self.fortran_order or not self.shape:
+        if not self.streamable or not self.shape:
             whole = np.ascontiguousarray(self._load_whole())
             yield whole
             return
