@@ -7,7 +7,8 @@
    Python memory (tracemalloc) against `np.load` + iterating the loaded array.
 3. PhantomSource: phantoms/s at 64 and 128 pixels.
 
-Every figure is the median of 3 runs. Run: `python benchmarks/importers.py`.
+Every figure is the median of 3 runs; phantoms also per CPU-second (robust on a busy
+machine). Run: `python benchmarks/importers.py`.
 """
 
 import os
@@ -111,7 +112,13 @@ def bench_phantoms():
     print("synthetic phantoms:")
     for size, count in ((64, 500), (128, 200)):
         seconds, _ = median_time(lambda: count_items(PhantomSource(count, image_size=size)))
-        print(f"  PhantomSource({size}px)            {count / seconds:8.0f} img/s")
+        cpu = []
+        for _ in range(RUNS):
+            start = time.process_time()
+            count_items(PhantomSource(count, image_size=size))
+            cpu.append(time.process_time() - start)
+        print(f"  PhantomSource({size}px)            {count / seconds:8.0f} img/s  "
+              f"{count / statistics.median(cpu):8.0f} img/CPU-s")
 
 
 if __name__ == "__main__":
