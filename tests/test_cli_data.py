@@ -126,6 +126,14 @@ def test_convert_folder_round_trip_and_inspect(small_tree, tmp_path, capsys):
     assert "All shard checksums match" in printed
     assert main(["inspect", out, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["rejected"] == 1
+    assert main(["inspect", str(tmp_path / "nothing here")]) == 2
+    assert "nothing here" in capsys.readouterr().err
+
+
+def test_convert_progress_bars(tmp_path, capsys):
+    assert main(["convert", "synthetic:12", str(tmp_path / "p"), "--image-size", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "reading" in err and "12/12" in err and "writing" in err
 
 
 def test_convert_synthetic_and_format_flags(tmp_path, capsys):

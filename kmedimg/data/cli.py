@@ -281,19 +281,36 @@ class _Collector:
 class _RecordingSource:
     """Passes a source through to the writer, remembering each item's labels and split."""
 
-    def __init__(self, source):
+    def __init__(self, source, progress=False):
         self.source = source
         self.task = source.task
         self.class_names = source.class_names
         self.items = {}  # source name -> (labels, split given by the source)
+        self.progress = progress
+        self.passes = 0
 
     def __iter__(self):
         from kmedimg.data.sources import Item
 
-        for entry in self.source:
-            if isinstance(entry, Item):
-                self.items[entry.source] = (tuple(entry.labels), entry.split)
-            yield entry
+        self.passes += 1
+        entries = iter(self.source)
+        bar = None
+        if self.progress and self.passes == 1:
+            # The writer's first pass reads and checks everything; the second writes
+            # (and draws its own bar).
+            from tqdm.auto import tqdm
+
+            total = len(self.source) if hasattr(self.source, "__len__") else None
+            bar = tqdm(entries, total=total, unit="img", desc="reading", file=sys.stderr)
+            entries = iter(bar)
+        try:
+            for entry in entries:
+                if isinstance(entry, Item):
+                    self.items[entry.source] = (tuple(entry.labels), entry.split)
+                yield entry
+        finally:
+            if bar is not None:
+                bar.close()
 
     def describe(self):
         return self.source.describe()
@@ -329,7 +346,9 @@ def run_convert(args):
     check_options = getattr(source_class, "check_options", None)
     if check_options is not None:  # e.g. the DICOM salt must live outside OUT
         check_options(options, args.out)
-    source = _RecordingSource(open_source(args.src, format=format_name, **options))
+    source = _RecordingSource(
+        open_source(args.src, format=format_name, **options), progress=not args.no_progress
+    )
     writer_channels = None
     if args.channels in ("1", "3"):
         writer_channels = int(args.channels)
