@@ -377,9 +377,16 @@ def load(
                               num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
     else:
+        if decoder.stored_shape is None:
+            # Mixed stored sizes: bring each image to `size` before batching.
+            dataset = dataset.map(
+                lambda decoded: dict(decoded, image=parser.resize(decoded["image"])),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        # Batch the small stored-dtype images, then cast / resize / set channels once
+        # per batch: cheaper than handling float RGB images one by one.
+        dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
-        dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()
