@@ -64,6 +64,9 @@ def test_evaluation_keeps_every_record_once(dataset_dir):
     values = first_pixels(dataset)
     assert len(values) == manifest.splits["val"].count == 10
     assert len(set(values)) == 10
+    assert int(dataset.cardinality()) == 4  # ceil(10 / 3), declared up front
+    dropping = load(manifest, "val", batch_size=3, drop_remainder=True)
+    assert int(dropping.cardinality()) == 3 == len(list(dropping))
     assert dataset.element_spec[0].shape.as_list() == [None, 8, 8, 1]
 
 
@@ -171,6 +174,7 @@ def _pipelines(path, split, count, **kwargs):
         dataset = load(path, split, batch_size=4, input_context=context, **kwargs)
         assert dataset.element_spec[0].shape[0] in (None, 2)  # per-replica batch 4 / 2
         values.append(first_pixels(dataset))
+        assert int(dataset.cardinality()) == -(-len(values[-1]) // 2)
     return values
 
 

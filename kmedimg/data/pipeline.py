@@ -204,6 +204,20 @@ def _checked_records(path, expected, compression):
     return tf.data.Dataset.zip((tf.data.Dataset.range(expected), records))
 
 
+def _local_batches(info, mode, input_context, batch_size, drop_remainder):
+    """Batches one input pipeline yields in one pass over the split."""
+    records = [shard.records for shard in info.shards]
+    if mode == "file":
+        local = sum(records[input_context.input_pipeline_id::
+                            input_context.num_input_pipelines])
+    elif mode == "record":
+        local = len(range(input_context.input_pipeline_id, sum(records),
+                          input_context.num_input_pipelines))
+    else:
+        local = sum(records)
+    return local // batch_size if drop_remainder else -(-local // batch_size)
+
+
 def sharding_mode(num_files, input_context):
     """How `load` splits a split across input pipelines: "none", "file" or "record".
 
@@ -387,6 +401,11 @@ def load(
         dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
+    if not repeat:
+        # The record counts are known, so declare the number of batches: Keras then
+        # shows progress and ends evaluation without "ran out of data" warnings.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            _local_batches(info, mode, input_context, per_replica_batch, drop_remainder)))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()
