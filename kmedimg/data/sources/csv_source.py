@@ -92,7 +92,10 @@ class CsvSource:
                 multilabel_seen = True
             labels_seen.update(t.strip() for t in cell.split(label_separator) if t.strip())
         if rows == 0:
-            raise ValueError(f"{csv_path}: the table has a header but no rows.")
+            raise ValueError(
+                f"{csv_path}: the table has a header but no rows; add one row per image. "
+                f"Received: header={self.columns}"
+            )
         if class_names is None:
             if labels_seen and all(label.isdigit() for label in labels_seen):
                 class_names = [str(i) for i in range(max(int(x) for x in labels_seen) + 1)]
@@ -137,7 +140,10 @@ class CsvSource:
         with self._open() as handle:
             header = next(csv.reader(handle, delimiter=self.delimiter), None)
         if not header:
-            raise ValueError(f"{self.csv_path}: the file is empty; expected a header row.")
+            raise ValueError(
+                f"{self.csv_path}: the file is empty; expected a header row with columns "
+                f"{[PATH_COLUMN, LABEL_COLUMN, *OPTIONAL_COLUMNS]}. Received: an empty file"
+            )
         header = [name.strip() for name in header]
         allowed = [PATH_COLUMN, LABEL_COLUMN, *OPTIONAL_COLUMNS]
         for required in (PATH_COLUMN, LABEL_COLUMN):

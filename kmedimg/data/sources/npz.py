@@ -74,7 +74,7 @@ class _NpyMember:
         if self.dtype.hasobject:
             raise ValueError(
                 f"{archive_path}: key {key!r} holds Python objects; expected a numeric array. "
-                "Re-save it with a numeric dtype."
+                f"Re-save it with a numeric dtype. Received: dtype={self.dtype}"
             )
 
     def _open_member(self):
@@ -184,7 +184,10 @@ class NpzSource:
             )
         present = [s for s in SPLITS if f"{s}_images" in keys or f"{s}_labels" in keys]
         if not present:
-            raise ValueError(f"{path}: no `{{split}}_images` arrays. Received: keys={keys}")
+            raise ValueError(
+                f"{path}: no `{{split}}_images` arrays (split in {list(SPLITS)}). "
+                f"Received: keys={keys}"
+            )
         for split in present:
             for kind in ("images", "labels"):
                 if f"{split}_{kind}" not in keys:
@@ -214,12 +217,14 @@ class NpzSource:
                 raise ValueError(
                     f"{path}: key {split}_images has shape {member.shape}; expected "
                     "(N, H, W) or (N, H, W, C) with C in (1, 3). 3D volumes (N, D, H, W) "
-                    "are not supported by the npz importer (2D only)."
+                    "are not supported by the npz importer (2D only). "
+                    f"Received: {split}_images.shape={member.shape}"
                 )
             if len(member.shape) not in (3, 4):
                 raise ValueError(
                     f"{path}: key {split}_images has shape {member.shape}; expected "
-                    "(N, H, W) or (N, H, W, C) with C in (1, 3)."
+                    f"(N, H, W) or (N, H, W, C) with C in (1, 3). "
+                    f"Received: {split}_images.shape={member.shape}"
                 )
             self._images[split] = member
             self._image_dtype[split] = self._check_image_values(member)
@@ -227,7 +232,10 @@ class NpzSource:
             self._labels[split] = self._load_labels(split, member.shape[0])
         channel_counts = {split: shape[-1] for split, shape in shapes.items()}
         if len(set(channel_counts.values())) > 1:
-            raise ValueError(f"{path}: splits have different channel counts {channel_counts}.")
+            raise ValueError(
+                f"{path}: all splits must have the same channel count (1 or 3). "
+                f"Received: channels={channel_counts}"
+            )
         if len(set(self._image_dtype.values())) > 1:
             # Keep one dtype across splits: the widest.
             widest = "uint16" if "uint16" in self._image_dtype.values() else "uint8"
@@ -235,7 +243,10 @@ class NpzSource:
 
         label_widths = {split: labels.shape[1] for split, labels in self._labels.items()}
         if len(set(label_widths.values())) > 1:
-            raise ValueError(f"{path}: label arrays have different widths {label_widths}.")
+            raise ValueError(
+                f"{path}: all label arrays must have the same width. "
+                f"Received: widths={label_widths}"
+            )
         width = next(iter(label_widths.values()))
         self.task = "multilabel" if width > 1 else None
         detected = self._known_class_names()
@@ -287,8 +298,8 @@ class NpzSource:
         if not (np.issubdtype(member.dtype, np.integer) or np.issubdtype(member.dtype, np.floating)
                 or member.dtype == np.bool_):
             raise ValueError(
-                f"{self.path}: key {member.key} has dtype {member.dtype}; expected integers or "
-                "floats holding pixel values."
+                f"{self.path}: key {member.key} must hold integer or float pixel values. "
+                f"Received: dtype={member.dtype}"
             )
         low, high, offset = math.inf, -math.inf, 0
         for block in member.blocks():
@@ -298,13 +309,15 @@ class NpzSource:
                     index = offset + int(np.argwhere(bad)[0][0])
                     raise ValueError(
                         f"{self.path}: key {member.key} contains NaN or inf (first at image "
-                        f"{index}). Clean the array before converting."
+                        f"{index}). Clean the array before converting. "
+                        f"Received: {member.key}[{index}] with non-finite values"
                     )
                 if np.any(block != np.round(block)):
                     raise ValueError(
                         f"{self.path}: key {member.key} holds non-integer float pixels; "
                         "kmedimg stores images losslessly as uint8/uint16. Scale and round "
-                        "them (e.g. to 0..255 or 0..65535) before converting."
+                        "them (e.g. to 0..255 or 0..65535) before converting. "
+                        f"Received: dtype={member.dtype} with fractional values"
                     )
             if block.size:
                 low, high = min(low, float(block.min())), max(high, float(block.max()))
@@ -312,7 +325,8 @@ class NpzSource:
         if low < 0 or high > 65535:
             raise ValueError(
                 f"{self.path}: key {member.key} has pixel values {low}..{high} outside "
-                "0..65535 (uint16). Rescale them before converting."
+                "0..65535 (uint16). Rescale them before converting. "
+                f"Received: min={low}, max={high}"
             )
         return "uint8" if high <= 255 else "uint16"
 
@@ -324,27 +338,41 @@ class NpzSource:
             labels = labels[:, np.newaxis]
         if labels.ndim != 2:
             raise ValueError(
-                f"{self.path}: key {key} has shape {labels.shape}; expected (N,), (N, 1) or (N, K)."
+                f"{self.path}: key {key} must have shape (N,), (N, 1) or (N, K). "
+                f"Received: shape={labels.shape}"
             )
         if labels.shape[0] != count:
             raise ValueError(
                 f"{self.path}: key {key} has {labels.shape[0]} rows but {split}_images has "
-                f"{count} images."
+                f"{count} images; they must match. Received: {key}.shape={labels.shape}"
             )
         if np.issubdtype(labels.dtype, np.floating):
             if not np.isfinite(labels).all():
-                raise ValueError(f"{self.path}: key {key} contains NaN or inf.")
+                row = int(np.argwhere(~np.isfinite(labels))[0][0])
+                raise ValueError(
+                    f"{self.path}: key {key} contains NaN or inf (first at row {row}). "
+                    f"Received: {key}[{row}]={labels[row].tolist()}"
+                )
             if np.any(labels != np.round(labels)):
-                raise ValueError(f"{self.path}: key {key} holds non-integer labels.")
+                raise ValueError(
+                    f"{self.path}: key {key} must hold whole-number class indices. "
+                    f"Received: dtype={labels.dtype} with fractional values"
+                )
         elif not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
-            raise ValueError(f"{self.path}: key {key} has dtype {labels.dtype}; expected integers.")
+            raise ValueError(
+                f"{self.path}: key {key} must hold integer class indices. "
+                f"Received: dtype={labels.dtype}"
+            )
         labels = labels.astype(np.int64)
         if labels.size and labels.min() < 0:
-            raise ValueError(f"{self.path}: key {key} holds negative labels.")
+            raise ValueError(
+                f"{self.path}: key {key} must hold non-negative class indices. "
+                f"Received: min={int(labels.min())}"
+            )
         if labels.shape[1] > 1 and labels.size and labels.max() > 1:
             raise ValueError(
-                f"{self.path}: key {key} has {labels.shape[1]} columns (multi-label) but values "
-                "other than 0/1."
+                f"{self.path}: key {key} has {labels.shape[1]} columns (multi-label), so its "
+                f"values must be 0/1. Received: max={int(labels.max())}"
             )
         return labels
 
