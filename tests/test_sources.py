@@ -65,6 +65,7 @@ def mixed_tree(tmp_path):
     (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (root / "dog" / "notes.txt").write_text("not an image")
     (root / "stray.png").write_bytes((root / "cat" / "grey image.png").read_bytes())
+    (root / ".DS_Store").write_bytes(b"finder junk")
     (root / ".hidden").mkdir()
     (root / ".hidden" / "x.png").write_bytes(b"junk")
     return root, grey
@@ -81,7 +82,7 @@ def test_folder_every_file_accounted_with_reasons(mixed_tree):
     )
     assert len(kept) + len(rejected) == files_under_classes  # incl. the stray root file
     reasons = {r.source: r.reason for r in rejected}
-    assert set(reasons) == {"stray.png", "dog/truncated.jpg", "dog/notes.txt"}
+    assert set(reasons) == {"stray.png", ".DS_Store", "dog/truncated.jpg", "dog/notes.txt"}
     assert "outside any class folder" in reasons["stray.png"]
     assert "truncated" in reasons["dog/truncated.jpg"] or "decode" in reasons["dog/truncated.jpg"]
     assert "not an image" in reasons["dog/notes.txt"]

@@ -68,9 +68,8 @@ class FolderSource:
         entries = sorted(os.listdir(root))
         folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
         visible = [f for f in folders if not f.startswith(".")]
-        self._stray_files = [
-            e for e in entries if not e.startswith(".") and os.path.isfile(os.path.join(root, e))
-        ]
+        # Files directly in root (hidden ones too, e.g. .DS_Store) are listed as rejected.
+        self._stray_files = [e for e in entries if os.path.isfile(os.path.join(root, e))]
         if classes is None:
             classes = visible
         else:
