@@ -199,6 +199,11 @@ class Recipe:
 _RECIPES = {}
 
 
+def _warmup(warmup_epochs, epochs, schedule):
+    """Warm-up epochs for a factory default: only with cosine, at most `epochs - 1`."""
+    return min(warmup_epochs, epochs - 1) if schedule == "cosine" else 0
+
+
 def register_recipe(name):
     """Decorator registering a recipe factory under `name` (duplicates are an error).
 
@@ -291,7 +296,7 @@ def from_scratch(
                 learning_rate=learning_rate,
                 freeze_depth=0,
                 schedule=schedule,
-                warmup_epochs=warmup_epochs if schedule == "cosine" else 0,
+                warmup_epochs=_warmup(warmup_epochs, epochs, schedule),
             )
         ],
     )
@@ -320,7 +325,7 @@ def full_finetune(
                 learning_rate=learning_rate,
                 freeze_depth=0,
                 schedule=schedule,
-                warmup_epochs=warmup_epochs if schedule == "cosine" else 0,
+                warmup_epochs=_warmup(warmup_epochs, epochs, schedule),
                 train_batchnorm=train_batchnorm,
             )
         ],
