@@ -57,6 +57,11 @@ TPU_STEPS_PER_EXECUTION = 32
 # Environment variables that say "this process runs next to a TPU".
 _TPU_ENVIRONMENT = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
 
+# A TPU system is initialised, and a MultiWorkerMirroredStrategy's collectives are
+# configured, once per process: later calls (a notebook cell run twice, `training.run`
+# after the user's own `get_strategy`) get the same strategy back.
+_STRATEGY_CACHE = {}
+
 _GCS_HINT = (
     "Copy the data with `tpu/stage_to_gcs.sh` and point data, checkpoint and run "
     "directories at a gs:// bucket the TPU service account can read and write."
@@ -187,18 +192,25 @@ def _list_dir(path):
 
 def _tpu_strategy(tpu_address):
     target = _tpu_target(tpu_address)
+    if ("tpu", target) in _STRATEGY_CACHE:
+        return _STRATEGY_CACHE["tpu", target]
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=target)
     if target != "local":
         # TPU nodes and pods are remote: the host connects to their gRPC servers.
         tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+    strategy = tf.distribute.TPUStrategy(resolver)
+    _STRATEGY_CACHE["tpu", target] = strategy
+    return strategy
 
 
 def _multiworker_strategy(cluster):
     from kmedimg import _keras_patches
 
+    if "multiworker" in _STRATEGY_CACHE:
+        return _STRATEGY_CACHE["multiworker"]
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    _STRATEGY_CACHE["multiworker"] = strategy
     _keras_patches.apply_multiworker_patches()
     logger.info(
         "Strategy: MultiWorkerMirroredStrategy, worker %d of %d, %d replicas in sync.",
