@@ -222,3 +222,11 @@ def test_export_errors(run):
         export._check("savedmodel", "int8")
     with pytest.raises(ValueError, match="format"):
         export._check("onnx", "none")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "export"])
+def test_command_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert command in capsys.readouterr().out

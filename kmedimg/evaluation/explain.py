@@ -470,7 +470,7 @@ def display_range(image):
     return float(low), float(high)
 
 
-def overlay_figure(image, heatmap, title=None, heatmap_label="Grad-CAM", alpha=0.45):
+def overlay_figure(image, heatmap, title=None, heatmap_label="Grad-CAM", alpha=0.6):
     """A matplotlib Figure: the input in its stored intensities, and the heatmap over it.
 
     Args:
@@ -478,7 +478,8 @@ def overlay_figure(image, heatmap, title=None, heatmap_label="Grad-CAM", alpha=0
         heatmap: [H, W] (normalised to its max for display).
         title: figure title. Defaults to `None`.
         heatmap_label: colourbar label of the heatmap. Defaults to `"Grad-CAM"`.
-        alpha: heatmap opacity. Defaults to `0.45`.
+        alpha: heatmap opacity at the heatmap's peak (fades to transparent at 0).
+            Defaults to `0.6`.
     """
     import matplotlib
 
@@ -502,7 +503,7 @@ def overlay_figure(image, heatmap, title=None, heatmap_label="Grad-CAM", alpha=0
         rgb = np.clip((image - low) / (high - low), 0, 1)
         left.imshow(rgb)
         right.imshow(rgb)
-    heat = right.imshow(shown, cmap="jet", alpha=alpha * shown ** 0.5, vmin=0, vmax=1)
+    heat = right.imshow(shown, cmap="jet", alpha=alpha * shown, vmin=0, vmax=1)
     figure.colorbar(heat, ax=right, fraction=0.046, pad=0.02, label=heatmap_label)
     left.set_title(f"input [{low:.0f}, {high:.0f}]", fontsize=9)
     right.set_title(heatmap_label, fontsize=9)

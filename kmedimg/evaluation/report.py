@@ -100,13 +100,23 @@ def _fmt(value, digits=3):
     return html.escape(str(value))
 
 
-def _interval(entry, digits=3):
+def _interval(entry, digits=3, stacked=False):
     if not isinstance(entry, dict):
         return _fmt(entry, digits)
     text = _fmt(entry.get("value"), digits)
     if entry.get("ci_low") is not None:
-        text += f' <span class="note">[{_fmt(entry["ci_low"], digits)}, {_fmt(entry["ci_high"], digits)}]</span>'
+        text += ("<br>" if stacked else " ") + (
+            f'<span class="note">[{_fmt(entry["ci_low"], digits)}, {_fmt(entry["ci_high"], digits)}]</span>')
     return text
+
+
+_ORDER = ("accuracy", "subset_accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity",
+          "specificity", "ppv", "npv", "f1", "brier", "ece")
+
+
+def _metric_order(key):
+    base = key.replace("macro_", "")
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), key)
 
 
 def _table(header, rows):
@@ -267,7 +277,7 @@ def _training(history):
 
 def _metrics(evaluation):
     rows = []
-    for key, entry in evaluation["metrics"].items():
+    for key, entry in sorted(evaluation["metrics"].items(), key=lambda item: _metric_order(item[0])):
         label = _METRIC_LABELS.get(key.replace("macro_", ""), key)
         if key.startswith("macro_"):
             label = "Macro " + label.lower() if not label.startswith(("ROC", "PR", "PPV", "NPV", "F1")) else "Macro " + label
@@ -280,7 +290,7 @@ def _metrics(evaluation):
         for name in names:
             entry = evaluation["per_class"][name]
             per_rows.append([html.escape(name), str(evaluation["class_counts"].get(name, ""))]
-                            + [_interval(entry.get(key)) for key in keys])
+                            + [_interval(entry.get(key), stacked=True) for key in keys])
         text += "<h3>Per class (one vs rest)</h3>" + _table(
             ["Class", "n"] + [_METRIC_LABELS[k].split(" (")[0] for k in keys], per_rows)
     threshold = evaluation["threshold"]
@@ -335,9 +345,13 @@ def _curves(evaluation, predictions, n_bootstrap, seed):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower right" if axis is roc_axis else "lower left")
         axis.set_aspect("equal")
-    caption = (f"Shaded: pointwise 95% bootstrap bands ({n_bootstrap} stratified replicates). "
-               "Dots on the ROC curve: the operating point chosen on validation, applied to this "
-               "split. Dotted lines: prevalence (the precision of a random classifier).")
+    caption = f"Shaded: pointwise 95% bootstrap bands ({n_bootstrap} stratified replicates). "
+    if evaluation["threshold"]["rule"] != "argmax":
+        caption += ("Dots on the ROC curve: the operating point chosen on "
+                    f"{html.escape(evaluation['threshold']['chosen_on'])}, applied to this split. ")
+    else:
+        caption += "Curves are one class vs the rest. "
+    caption += "Dotted lines: prevalence (the precision of a random classifier)."
     if len(columns) > 8:
         caption += f" First 8 of {len(columns)} classes shown."
     if skipped:
@@ -383,8 +397,18 @@ def _calibration(evaluation, predictions):
     curve_axis, hist_axis = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     filled = [b for b in bins if b["count"]]
     curve_axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
-    curve_axis.plot([b["mean_predicted"] for b in filled], [b["fraction_positive"] for b in filled],
-                    "o-", color="#2563eb", label="model")
+    counts = np.array([b["count"] for b in filled], float)
+    observed = np.array([b["fraction_positive"] for b in filled])
+    predicted = np.array([b["mean_predicted"] for b in filled])
+    # Wilson 95% interval of each bin's observed frequency: small bins are uncertain.
+    z = 1.96
+    centre = (observed + z * z / (2 * counts)) / (1 + z * z / counts)
+    half = z * np.sqrt(observed * (1 - observed) / counts + z * z / (4 * counts ** 2)) / (1 + z * z / counts)
+    curve_axis.errorbar(predicted, observed, yerr=[np.maximum(observed - (centre - half), 0),
+                                                   np.maximum(centre + half - observed, 0)],
+                        color="#2563eb", ecolor="#93c5fd", elinewidth=2, capsize=0, lw=1.2)
+    curve_axis.scatter(predicted, observed, s=12 + 120 * counts / counts.max(), color="#2563eb",
+                       zorder=3, label="model (size: cases)")
     curve_axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability",
                    ylabel="observed frequency", title=f"Reliability ({calibration['kind']})")
     curve_axis.grid(alpha=0.3)
@@ -394,8 +418,9 @@ def _calibration(evaluation, predictions):
                   color="#93c5fd", edgecolor="#2563eb")
     hist_axis.set(xlabel="predicted probability", ylabel="cases", title="Cases per bin")
     ece = evaluation["metrics"]["ece"]
-    caption = (f"Expected calibration error {_interval(ece)}; {calibration['n_bins']} equal-width bins. "
-               "Points under the diagonal: the model is over-confident there.")
+    caption = (f"Expected calibration error {_interval(ece)}; {calibration['n_bins']} equal-width bins, "
+               "bars: Wilson 95% intervals of each bin's observed frequency. Points below the "
+               "diagonal: the predicted probabilities are too high there.")
     return _img(figure, caption, "calibration")
 
 
@@ -417,7 +442,12 @@ def _tta(evaluation):
             + _table(["Metric", "Without TTA", "With TTA", "Difference (95% CI)"], rows))
 
 
-def _gradcam(cases):
+def _gradcam(cases, evaluation):
+    names = evaluation["class_names"]
+    explained = (f"the positive class ({names[1]}): where the evidence for it lies, also in "
+                 "cases called negative" if evaluation["task"] == "binary"
+                 else "the predicted class" if evaluation["task"] == "multiclass"
+                 else "the most probable label")
     if not cases:
         return '<p class="note">No Grad-CAM cases (pass the model and data to the report).</p>'
     groups = {}
@@ -440,25 +470,46 @@ def _gradcam(cases):
             else:
                 axis.imshow(np.clip((image - low) / (high - low), 0, 1))
             heat = np.clip(case["heatmap"], 0, 1)
-            axis.imshow(heat, cmap="jet", alpha=0.45 * heat ** 0.5, vmin=0, vmax=1)
+            axis.imshow(heat, cmap="jet", alpha=0.6 * heat, vmin=0, vmax=1)
             axis.set_title(case["caption"], fontsize=7.5)
             axis.set_xticks([])
             axis.set_yticks([])
         for axis in axes[len(members):]:
             axis.axis("off")
         text += f"<h3>{html.escape(group)}</h3>" + _img(figure, None, group)
-    text += ('<p class="note">Heatmap: Grad-CAM of the predicted class from the backbone\'s last '
-             "convolutional layer (registry), over the input shown in its stored intensities "
-             "(0.5–99.5th percentile window). Wrong cases are the most confident errors.</p>")
+    text += ('<p class="note">Heatmap: Grad-CAM from the backbone\'s last convolutional layer '
+             f"(from the registry) of {html.escape(explained)}, over the input shown in its stored "
+             "intensities (0.5–99.5th percentile window). Wrong cases are the most confident "
+             "errors.</p>")
     return text
 
 
 def _timing(evaluation, info):
-    rows = [[html.escape(key.replace("_", " ")), _fmt(value, 2)]
-            for key, value in (evaluation.get("timing") or {}).items()]
+    rows = []
+    training = info.get("training_metrics") or {}
+    if training.get("wall_time_seconds") is not None:
+        stages = training.get("stages") or []
+        epochs = sum(stage.get("epochs_run", 0) or 0 for stage in stages)
+        detail = f" ({epochs} epochs, {len(stages)} stage(s), {training.get('platform', '?')})" if stages else ""
+        rows.append(["Training (wall time)" + html.escape(detail),
+                     f"{training['wall_time_seconds']:.1f} s"])
+    best = training.get("best") or {}
+    if best:
+        rows.append(["Best checkpoint", html.escape(
+            f"{best.get('monitor')} {_fmt(best.get('value'))} at stage {best.get('stage')}, "
+            f"epoch {best.get('epoch')}")])
+    timing = evaluation.get("timing") or {}
+    split = evaluation["split"]
+    for key, value in timing.items():
+        if key.endswith("_images_per_second"):
+            rows.append([f"Prediction rate ({html.escape(split)})", f"{value:.0f} images/s"])
+        elif key.endswith("_seconds"):
+            label = key[:-len("_seconds")].replace("_predict", " prediction").replace("_", " ")
+            rows.append([html.escape(label.capitalize()), f"{value:.2f} s"])
     for key, value in (info.get("timing") or {}).items():
-        rows.append([html.escape(key.replace("_", " ")), _fmt(value, 2)])
-    return _table(["", "seconds / rate"], rows) if rows else '<p class="note">No timing recorded.</p>'
+        label = "Grad-CAM of the report's cases" if key == "grad_cam_seconds" else key.replace("_", " ")
+        rows.append([html.escape(label), f"{value:.2f} s"])
+    return _table(["Step", "Time"], rows) if rows else '<p class="note">No timing recorded.</p>'
 
 
 # ------------------------------------------------------------------------- report
@@ -492,7 +543,7 @@ def build_report(evaluation, predictions, info=None, history=None, cam_cases=Non
         "confusion": _confusion(evaluation),
         "calibration": _calibration(evaluation, predictions),
         "tta": _tta(evaluation),
-        "gradcam": _gradcam(cam_cases),
+        "gradcam": _gradcam(cam_cases, evaluation),
         "timing": _timing(evaluation, info),
     }
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

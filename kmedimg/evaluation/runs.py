@@ -120,11 +120,13 @@ def load_model_for_inference(path, data=None):
         if os.path.isfile(threshold_path):
             with open(threshold_path) as handle:
                 info["threshold"] = json.load(handle)
-        elif os.path.isfile(metrics_path):
-            # The training run's test metrics carry the validation-chosen operating point.
+        if os.path.isfile(metrics_path):
             with open(metrics_path) as handle:
-                test = (json.load(handle) or {}).get("test") or {}
-            if isinstance(test, dict) and test.get("threshold"):
+                training_metrics = json.load(handle) or {}
+            info["training_metrics"] = training_metrics
+            test = training_metrics.get("test") if isinstance(training_metrics, dict) else None
+            # The training run's test metrics carry the validation-chosen operating point.
+            if "threshold" not in info and isinstance(test, dict) and test.get("threshold"):
                 info["threshold"] = test["threshold"]
     if data:
         try:
