@@ -6,7 +6,6 @@ converts YBR to RGB) followed by the transforms documented in
 `apply_modality_lut` / `apply_color_lut` / `apply_windowing` / `apply_voi_lut`.
 """
 
-import copy
 import csv
 import glob
 import io
@@ -352,6 +351,20 @@ def test_preamble_less_file_and_phi_in_names_and_errors(tmp_path):
     assert items[0].patient == privacy.salted_hash(SALT.encode(), "PatientID", "MRN-0042-7781")
 
 
+def test_unsupported_transfer_syntax_is_rejected(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "a").mkdir()
+    ds = _read(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML  # no pydicom decoder exists
+    ds.PixelData = pydicom.encaps.encapsulate([ds.PixelData])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.save_as(tmp_path / "a" / "mpeg2.dcm")
+    (entry,) = DicomSource(tmp_path, salt=SALT, workers=1)
+    assert isinstance(entry, Rejected)
+    assert entry.reason.startswith("unsupported transfer syntax: MPEG2")
+
+
 def test_workers_give_the_same_sequence(dicom_tree):
     root, _ = dicom_tree
     results = []
@@ -434,20 +447,23 @@ def written(dicom_tree, tmp_path_factory):
 
     root, inputs = dicom_tree
     out = tmp_path_factory.mktemp("dicom_out") / "dataset"
+    # Every log line of the conversion, from any library, at DEBUG (workers=1, so the
+    # importer's own lines are emitted in this process).
     log = io.StringIO()
     handler = logging.StreamHandler(log)
     handler.setLevel(logging.DEBUG)
-    kmedimg_logger = logging.getLogger("kmedimg")
-    previous = kmedimg_logger.level
-    kmedimg_logger.addHandler(handler)
-    kmedimg_logger.setLevel(logging.DEBUG)
+    root_logger = logging.getLogger()
+    previous = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.DEBUG)
     try:
-        source = DicomSource(root, salt=SALT, frames="middle", dtype="uint16", workers=2)
+        source = DicomSource(root, salt=SALT, frames="middle", dtype="uint16", workers=1)
         manifest = write_dataset(source, out, channels=3, val_fraction=0.25,
                                  test_fraction=0.25, seed=3)
     finally:
-        kmedimg_logger.removeHandler(handler)
-        kmedimg_logger.setLevel(previous)
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(previous)
+    assert "rejected" in log.getvalue()  # the importer's debug lines were captured
     return root, inputs, out, manifest, log.getvalue()
 
 
@@ -520,6 +536,13 @@ def test_no_phi_in_any_output_byte(written, records):
         blobs.append(serialized.replace(payload, b""))
     found = sorted(value for value in values
                    if any(value.encode("utf-8", "ignore") in blob for blob in blobs))
+    assert not found
+    # Long, varied values (names, UIDs of free text) are searched in every byte of every
+    # output file, pixel payloads included: a chance match is then out of reach.
+    long_values = [v for v in values if len(v) >= 10 and len(set(v)) >= 5]
+    assert len(long_values) > 20
+    found = sorted(value for value in long_values
+                   if any(value.encode("utf-8", "ignore") in data for data in outputs.values()))
     assert not found
     # Nor file names (without keep_filenames), nor the source root.
     stems = {pathlib.PurePath(r).name for r in inputs} | {str(root)}

@@ -32,7 +32,6 @@ identical for any worker count.
 import collections
 import logging
 import os
-import warnings
 
 import numpy as np
 
@@ -159,8 +158,7 @@ def convert_file(job):
         logger.debug("rejected %s: %s", name, reason)
         return [Rejected(name, reason)]
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with privacy.silenced("pydicom"):
         try:
             with open(path, "rb") as handle:
                 head = handle.read(132)
@@ -180,8 +178,14 @@ def convert_file(job):
             return _convert_dataset(ds, has_preamble, relative, name, options, rejected)
         except Exception as error:  # noqa: BLE001 - a damaged file must not stop the run
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}", ds)
-        finally:
-            del caught[:]
+
+
+def crashed_file(job):
+    """The result for a file whose worker process died (e.g. a decoder segfault)."""
+    path, relative, options = job
+    name = relative if options["keep_filenames"] else privacy.salted_hash(
+        options["salt"], "file", relative)
+    return [Rejected(name, "decoder crashed: the worker process died while decoding this file")]
 
 
 def _has_preamble_safe(path):
@@ -367,7 +371,7 @@ class DicomSource:
             rejected.csv instead of hash ids. Defaults to `False`.
         workers: decoding processes; None/0 = all CPUs, 1 = in this process.
             Defaults to `None`.
-        prefetch: files in flight per worker (bounds memory). Defaults to `2`.
+        prefetch: files in flight per worker (bounds memory). Defaults to `4`.
 
     Example:
 
@@ -395,7 +399,7 @@ class DicomSource:
         salt_file=None,
         keep_filenames=False,
         workers=None,
-        prefetch=2,
+        prefetch=4,
     ):
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
@@ -486,7 +490,9 @@ class DicomSource:
         jobs = ((path, relative, options) for path, relative in self.files())
         stats = collections.Counter()
         self._stats = stats
-        for entries in ordered_map(convert_file, jobs, self.workers, self.prefetch):
+        for entries in ordered_map(
+            convert_file, jobs, self.workers, self.prefetch, on_crash=crashed_file
+        ):
             stats["files"] += 1
             for entry in entries:
                 if isinstance(entry, Item):

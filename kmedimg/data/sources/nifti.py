@@ -40,7 +40,6 @@ import functools
 import logging
 import math
 import os
-import warnings
 
 import numpy as np
 
@@ -211,8 +210,7 @@ def convert_volume(job):
         table = options["labels"]
         where = "not inside a class folder" if table.kind == "folders" else "no row in the labels CSV"
         return rejected(f"no label: {where}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with privacy.silenced("nibabel"):
         try:
             volume, facts, cal = _load_canonical(path)
             volume, to_image, intensity = volume_intensity(
@@ -243,6 +241,14 @@ def convert_volume(job):
     return results
 
 
+def crashed_volume(job):
+    """The result for a file whose worker process died."""
+    path, relative, options = job
+    name = relative if options["keep_filenames"] else privacy.salted_hash(
+        options["salt"], "file", relative)
+    return [Rejected(name, "reader crashed: the worker process died while reading this file")]
+
+
 @register_source("nifti")
 class NiftiSource:
     """NIfTI volumes under a folder -> 2D slice items (see the module docstring).
@@ -269,7 +275,7 @@ class NiftiSource:
         keep_filenames: use relative paths as sources instead of hash ids.
             Defaults to `False`.
         workers: decoding processes; None/0 = all CPUs. Defaults to `None`.
-        prefetch: files in flight per worker. Defaults to `2`.
+        prefetch: files in flight per worker. Defaults to `4`.
 
     Example:
 
@@ -294,7 +300,7 @@ class NiftiSource:
         salt_file=None,
         keep_filenames=False,
         workers=None,
-        prefetch=2,
+        prefetch=4,
     ):
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
@@ -378,7 +384,9 @@ class NiftiSource:
         jobs = ((path, relative, options) for path, relative in self.files())
         self._per_volume = per_volume = {}
         self._stats = stats = collections.Counter()
-        for entries in ordered_map(convert_volume, jobs, self.workers, self.prefetch):
+        for entries in ordered_map(
+            convert_volume, jobs, self.workers, self.prefetch, on_crash=crashed_volume
+        ):
             stats["files"] += 1
             for entry in entries:
                 if isinstance(entry, Item):

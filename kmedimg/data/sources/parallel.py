@@ -38,33 +38,73 @@ def _start_method():
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def ordered_map(function, inputs, workers=1, prefetch=2):
+def _isolated(function, value, context, on_crash):
+    """Runs `function(value)` alone in a fresh process; `on_crash(value)` if it dies."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(function, value).result()
+        except BrokenProcessPool:
+            if on_crash is None:
+                raise
+            return on_crash(value)
+
+
+def ordered_map(function, inputs, workers=1, prefetch=2, on_crash=None):
     """Yields `function(x)` for each x of `inputs`, in order, using `workers` processes.
+
+    A worker that dies (a decoder crashing on a malformed file) breaks the pool; the
+    pool is restarted, the input at the head is re-run alone to find out whether it is
+    the culprit (then `on_crash(x)` stands for its result), and the other pending
+    inputs are resubmitted, so one bad file never stops a conversion.
 
     Args:
         function: a picklable module-level callable.
         inputs: an iterable of picklable arguments.
-        workers: number of processes; 1 runs everything in this process.
-            Defaults to `1`.
-        prefetch: files in flight per worker. Defaults to `2`.
+        workers: number of processes; 1 runs everything in this process (where a
+            crash cannot be contained). Defaults to `1`.
+        prefetch: inputs in flight per worker. Defaults to `2`.
+        on_crash: callable(x) giving the result for an input whose worker died; None
+            re-raises `BrokenProcessPool`. Defaults to `None`.
     """
     if workers <= 1:
         for value in inputs:
             yield function(value)
         return
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context(_start_method())
-    pending = collections.deque()
+    inputs = iter(inputs)
+    pending = collections.deque()  # (value, future)
     limit = workers * prefetch
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        try:
-            for value in inputs:
-                pending.append(pool.submit(function, value))
-                if len(pending) >= limit:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < limit:
+                try:
+                    value = next(inputs)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append((value, pool.submit(function, value)))
+            if not pending:
+                return
+            value, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                result = _isolated(function, value, context, on_crash)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+                pending = collections.deque(
+                    (waiting, pool.submit(function, waiting)) for waiting, _ in pending
+                )
+            yield result
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -15,8 +15,11 @@ What the medical importers (DICOM, NIfTI) write instead of identifying values:
   masked before a reason reaches rejected.csv or a log line (`scrub`).
 """
 
+import contextlib
 import hashlib
+import logging
 import os
+import warnings
 import pathlib
 import secrets
 
@@ -96,3 +99,19 @@ def scrub(text, secrets_to_mask):
         if len(value.strip()) >= 2 and value in text:
             text = text.replace(value, MASK)
     return text
+
+
+@contextlib.contextmanager
+def silenced(*logger_names):
+    """Silences the named loggers and all warnings (readers log paths and values)."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    previous = [logger.disabled for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, state in zip(loggers, previous):
+            logger.disabled = state
