@@ -131,3 +131,20 @@ def test_build_classifier_backbone_layer_from_registry():
     heatmaps = explainer(test_images)
     positives = [index for index, box in enumerate(boxes) if box]
     assert all(_peak_inside(heatmaps[i], boxes[i], square) for i in positives)
+
+
+@pytest.mark.slow
+def test_every_registered_backbone_has_its_grad_cam_layer():
+    """Registry-driven: the recorded last_conv_layer exists and gives a heatmap (weights=None)."""
+    from kmedimg.models import build_classifier, get_backbone, list_backbones
+
+    for name in list_backbones():
+        record = get_backbone(name)
+        size = max(record.min_size, 32)
+        channels = record.channels
+        model = build_classifier(name, 3, (size, size, channels), task="multiclass")
+        explainer = explain.GradCam(model)
+        assert explainer.layer.name == record.last_conv_layer, name
+        heatmaps = explainer(np.random.default_rng(0).random((1, size, size, channels)) * 255)
+        assert heatmaps.shape == (1, size, size) and np.isfinite(heatmaps).all(), name
+        keras.backend.clear_session()

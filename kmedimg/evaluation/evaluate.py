@@ -20,6 +20,7 @@ result["metrics"]["roc_auc"]
 
 import dataclasses
 import time
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -52,11 +53,25 @@ def tta_views(images, tta):
     return tf.stack(views)
 
 
-def make_predict_fn(model, tta="none"):
-    """A compiled function images [B, H, W, C] -> probabilities, averaging TTA views."""
-    import tensorflow as tf
+# One compiled prediction function per (model, TTA mode): tracing a large backbone takes
+# seconds, so repeated predictions with the same model must not retrace.
+_PREDICT_FNS = weakref.WeakKeyDictionary()
 
+
+def make_predict_fn(model, tta="none"):
+    """A compiled function images [B, H, W, C] -> probabilities, averaging TTA views.
+
+    The function is cached per model and TTA mode.
+    """
     tta = _check_tta(tta)
+    cached = _PREDICT_FNS.setdefault(model, {})
+    if tta not in cached:
+        cached[tta] = _compile_predict_fn(model, tta)
+    return cached[tta]
+
+
+def _compile_predict_fn(model, tta):
+    import tensorflow as tf
 
     def predict(images):
         if tta == "none":
