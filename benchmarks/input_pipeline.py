@@ -15,6 +15,7 @@ Each figure is the median of `--repeats` runs over `--batches` batches after one
 warm-up batch. Usage:
 
     python benchmarks/input_pipeline.py [--images 5000] [--batches 200] [--repeats 3]
+        [--output-size 128]
 """
 
 import argparse
@@ -105,12 +106,15 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output-size", type=int, default=IMAGE_SIDE,
+                        help="side of the output images (resized when != 128)")
     parser.add_argument("--keep", help="write the data here and keep it")
     args = parser.parse_args(argv)
 
     import keras
 
     root = args.keep or tempfile.mkdtemp(prefix="kmedimg-bench-")
+    size = args.output_size
     try:
         started = time.perf_counter()
         png_dir = os.path.join(root, "png")
@@ -125,12 +129,12 @@ def main(argv=None):
               f"(prepared in {time.perf_counter() - started:.0f} s); "
               f"{len(datasets['raw'].splits['train'].shards)} shards per encoding")
         print(f"measure: batch {BATCH}, {args.batches} batches after 1 warm-up, median of "
-              f"{args.repeats}; output {IMAGE_SIDE}x{IMAGE_SIDE}x3 float32\n")
+              f"{args.repeats}; output {size}x{size}x3 float32\n")
 
         def baseline_directory():
             dataset = keras.utils.image_dataset_from_directory(
                 png_dir, labels="inferred", label_mode="binary", color_mode="rgb",
-                batch_size=BATCH, image_size=(IMAGE_SIDE, IMAGE_SIDE), shuffle=True,
+                batch_size=BATCH, image_size=(size, size), shuffle=True,
                 seed=0, verbose=False,
             )
             return dataset.repeat()
@@ -150,7 +154,7 @@ def main(argv=None):
             return dataset.prefetch(tf.data.AUTOTUNE)
 
         def kmedimg_load(encoding):
-            return lambda: load(datasets[encoding], "train", image_size=IMAGE_SIDE,
+            return lambda: load(datasets[encoding], "train", image_size=size,
                                 batch_size=BATCH, training=True, channels=3)
 
         candidates = [
