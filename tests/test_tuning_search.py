@@ -279,3 +279,5 @@ def test_one_chief_two_workers_share_the_trials(phantoms, tmp_path):
     assert {row["trial_id"] for row in rows} == worker_trials[0] | worker_trials[1]
     assert len(rows) == 4 and {row["status"] for row in rows} == {"COMPLETED"}
     assert "Best trial" in outputs[2]
+    chief_rows = _table_trials(outputs[2])
+    assert sorted(chief_rows) == sorted(worker_trials[0] | worker_trials[1]), outputs[2]

@@ -83,7 +83,7 @@ def current_role(environ=None):
     return "chief" if "chief" in environ.get(ENV_TUNER_ID, "") else "worker"
 
 
-def serve_oracle(oracle, poll_seconds=0.5, stream=None):
+def serve_oracle(oracle, poll_seconds=0.5, stream=None, table=None):
     """Serves `oracle` to workers until the search is over and every worker has left.
 
     Keras Tuner's own server loop checks for the end every 20 s; this one uses the
@@ -93,6 +93,8 @@ def serve_oracle(oracle, poll_seconds=0.5, stream=None):
         oracle: The chief's `keras_tuner.Oracle`.
         poll_seconds: How often to check whether the search is over. Defaults to `0.5`.
         stream: Where to print the listening address, or `None`. Defaults to `None`.
+        table: A `TrialTable` the chief prints every trial's start and end to, or
+            `None`. Defaults to `None`.
     """
     from concurrent import futures
 
@@ -114,10 +116,33 @@ def serve_oracle(oracle, poll_seconds=0.5, stream=None):
     server.start()
     if stream is not None:
         print(f"chief: oracle serving on {host}:{port}", file=stream, flush=True)
+    shown = {}
     try:
         while True:
             time.sleep(poll_seconds)
+            if table is not None:
+                _show_progress(oracle, table, shown)
             if servicer.stop_triggered and oracle_chief.exit_chief(oracle):
                 break
+        if table is not None:
+            _show_progress(oracle, table, shown)
     finally:
         server.stop(grace=2).wait()
+
+
+def _show_progress(oracle, table, shown):
+    """Prints the trials that started or ended since the last call, with their worker."""
+    trials = list(oracle.trials.items())
+    owners = shown.setdefault("_owners", {})
+    for tuner_id, trial in list(oracle.ongoing_trials.items()):
+        owners.setdefault(trial.trial_id, tuner_id)
+    ended = ("COMPLETED", "FAILED", "INVALID")
+    for trial_id, trial in trials:
+        status = str(trial.status).replace("TrialStatus.", "")
+        before = shown.get(trial_id)
+        worker = owners.get(trial_id, "?")
+        if before is None:
+            table.begin(trial, worker=worker)
+        if status in ended and before not in ended:
+            table.end(trial, worker=worker)
+        shown[trial_id] = status

@@ -100,9 +100,17 @@ def _is_number(value):
 
 
 def export_results(oracle, out_dir, objective="val_auc"):
-    """Writes `trials.csv` and the objective plot into `out_dir`; returns their paths."""
+    """Writes `trials.csv` and the objective plot into `out_dir`; returns their paths.
+
+    The plot needs matplotlib (`pip install kmedimg[report]`); without it the plot
+    path is `None` and the CSV is still written.
+    """
     os.makedirs(out_dir, exist_ok=True)
     rows = trial_rows(oracle)
     csv_path = write_trials_csv(rows, os.path.join(out_dir, TRIALS_CSV))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return csv_path, None
     plot_path = plot_objective(rows, os.path.join(out_dir, TRIALS_PLOT), objective=objective)
     return csv_path, plot_path

@@ -34,14 +34,15 @@ class TrialTable:
         self.columns = None
         self.rows = 0
 
-    def begin(self, trial):
+    def begin(self, trial, worker=None):
         self.started[trial.trial_id] = time.monotonic()
         values = " ".join(
             f"{name.replace('tuner/', '')}={format_value(value)}"
             for name, value in trial.hyperparameters.values.items()
             if name not in ("tuner/trial_id", "tuner/initial_epoch")
         )
-        worker = f" on {self.worker}" if self.worker else ""
+        worker = worker or self.worker
+        worker = f" on {worker}" if worker else ""
         print(f"  > trial {trial.trial_id} started{worker}: {values}", file=self.stream,
               flush=True)
 
@@ -52,7 +53,7 @@ class TrialTable:
             cells.append("worker")
         self._print(cells)
 
-    def end(self, trial):
+    def end(self, trial, worker=None):
         values = trial.hyperparameters.values
         # Hyperband's trial_id/initial_epoch describe warm starts, which kmedimg does not
         # use (each trial runs its recipe from the start; see TrialHooks.run_trial).
@@ -78,7 +79,7 @@ class TrialTable:
         cells += [format_value(by_name.get(name, "")) for name in self.columns]
         cells.append(f"{seconds:.1f}")
         if self.worker:
-            cells.append(self.worker)
+            cells.append(worker or self.worker)
         self._print(cells)
         if trial.message and score is None:
             last = [line for line in str(trial.message).strip().splitlines() if line.strip()]

@@ -101,7 +101,7 @@ class TrialHooks:
             # The chief only serves the oracle; Keras Tuner's own loop would notice the
             # end of the search up to 20 s late.
             self.save()
-            distributed.serve_oracle(self.oracle)
+            distributed.serve_oracle(self.oracle, table=self.table)
             return
         super().search()
 
