@@ -366,6 +366,25 @@ def test_unsupported_transfer_syntax_is_rejected(tmp_path):
     assert entry.reason.startswith("unsupported transfer syntax: MPEG2")
 
 
+def test_symlinked_folders_are_followed_once_and_hidden_folders_are_no_class(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(get_testdata_file("CT_small.dcm"), real / "ct.dcm")
+    root = tmp_path / "root"
+    (root / ".cache").mkdir(parents=True)
+    os.symlink(real, root / "ct")  # a class folder that is a link
+    os.symlink(root, real / "loop")  # and a cycle back to the root
+    os.symlink(get_testdata_file("MR_small.dcm"), root / ".cache" / "mr.dcm")
+    source = DicomSource(root, salt=SALT, keep_filenames=True, workers=1)
+    assert source.class_names == ["ct"]
+    entries = {entry.source: entry for entry in source}
+    assert set(entries) == {"ct/ct.dcm", ".cache/mr.dcm"}
+    assert isinstance(entries["ct/ct.dcm"], Item)
+    assert entries[".cache/mr.dcm"].reason == "no label: not inside a class folder"
+
+
 def test_workers_give_the_same_sequence(dicom_tree):
     root, _ = dicom_tree
     results = []

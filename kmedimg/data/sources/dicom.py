@@ -37,6 +37,7 @@ import numpy as np
 
 from kmedimg.data.sources import dicom_pixels, privacy
 from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.data.sources.file_tree import walk_files
 from kmedimg.data.sources.label_table import LabelTable
 from kmedimg.data.sources.parallel import check_workers, ordered_map
 from kmedimg.data.sources.registry import register_source
@@ -448,30 +449,14 @@ class DicomSource:
         """5 for a folder whose first files include DICOM (beats the image folder's 1)."""
         if not os.path.isdir(spec):
             return 0
-        checked = 0
-        for dirpath, dirnames, filenames in os.walk(spec):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if filename.lower().endswith(".dcm") or _has_preamble_safe(
-                    os.path.join(dirpath, filename)
-                ):
-                    return 5
-                checked += 1
-                if checked >= 20:
-                    return 0
+        for path, _ in walk_files(spec, limit=20):
+            if path.lower().endswith(".dcm") or _has_preamble_safe(path):
+                return 5
         return 0
 
     def files(self):
         """Sorted `(absolute_path, relative_path)` of every regular file under the root."""
-        found = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for filename in filenames:
-                path = os.path.join(dirpath, filename)
-                relative = os.path.relpath(path, self.root).replace(os.sep, "/")
-                found.append((path, relative))
-        found.sort(key=lambda pair: pair[1])
-        return found
+        return walk_files(self.root)
 
     def _options(self):
         return {

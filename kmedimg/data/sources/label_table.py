@@ -1,8 +1,9 @@
 """Labels for the medical importers: from the folder tree or from a CSV.
 
 - `folders`: the first directory under the source root names the class
-  (`root/pneumonia/patient7/img1.dcm` -> `pneumonia`). Files directly in the root have
-  no label and are rejected with that reason.
+  (`root/pneumonia/patient7/img1.dcm` -> `pneumonia`; hidden directories are not
+  classes). Files directly in the root, or in a hidden directory, have no label and
+  are rejected with that reason.
 - CSV: a header row with one key column and a `label` column. The key column is
   `path` (relative to the source root, `/`-separated), or, for DICOM,
   `StudyInstanceUID` or `SOPInstanceUID` (a study label applies to every file of the
@@ -45,7 +46,8 @@ class LabelTable:
     def from_folders(cls, root, class_names=None, task=None):
         """One class per directory directly under `root`."""
         root = pathlib.Path(root)
-        found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        found = sorted(entry.name for entry in os.scandir(root)
+                       if entry.is_dir() and not entry.name.startswith("."))
         if not found:
             raise ValueError(
                 f"{root}: no class folders found (labels='folders' expects one directory "

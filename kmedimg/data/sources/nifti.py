@@ -45,6 +45,7 @@ import numpy as np
 
 from kmedimg.data.sources import dicom_pixels, privacy
 from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.data.sources.file_tree import walk_files
 from kmedimg.data.sources.label_table import LabelTable
 from kmedimg.data.sources.parallel import check_workers, ordered_map
 from kmedimg.data.sources.registry import register_source
@@ -342,32 +343,28 @@ class NiftiSource:
 
     @staticmethod
     def sniff(spec):
-        """5 for a folder holding .nii/.nii.gz files (beats the image folder's 1)."""
+        """5 for a folder whose first files include .nii/.nii.gz (beats the folder's 1)."""
         if not os.path.isdir(spec):
             return 0
-        for _, dirnames, filenames in os.walk(spec):
-            dirnames.sort()
-            if any(name.lower().endswith((".nii", ".nii.gz")) for name in filenames):
+        for path, _ in walk_files(spec, limit=200):
+            if path.lower().endswith((".nii", ".nii.gz")):
                 return 5
         return 0
 
     def files(self):
         """Sorted `(absolute, relative)` inputs; a pair's `.img` is part of its `.hdr`."""
         found = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            names = set(filenames)
-            for filename in filenames:
-                lower = filename.lower()
-                for header_suffix, data_suffix in PAIR_DATA_SUFFIXES.items():
-                    if lower.endswith(data_suffix):
-                        stem = filename[: -len(data_suffix)]
-                        if stem + header_suffix in names or stem + header_suffix.upper() in names:
-                            break
-                else:
-                    path = os.path.join(dirpath, filename)
-                    found.append((path, os.path.relpath(path, self.root).replace(os.sep, "/")))
-        found.sort(key=lambda pair: pair[1])
+        for path, relative in walk_files(self.root):
+            directory, filename = os.path.split(path)
+            lower = filename.lower()
+            paired = False
+            for header_suffix, data_suffix in PAIR_DATA_SUFFIXES.items():
+                if lower.endswith(data_suffix):
+                    stem = filename[: -len(data_suffix)]
+                    paired = any(os.path.isfile(os.path.join(directory, stem + suffix))
+                                 for suffix in (header_suffix, header_suffix.upper()))
+            if not paired:
+                found.append((path, relative))
         return found
 
     def __iter__(self):
