@@ -24,6 +24,7 @@ save_overlay("case.png", images[0], heatmaps[0], title="Grad-CAM")
 """
 
 import os
+import weakref
 
 import numpy as np
 
@@ -389,6 +390,33 @@ class GradCam:
         return cam.numpy()
 
 
+_SCORE_FNS = weakref.WeakKeyDictionary()
+
+
+def _scores_fn(model, task):
+    """Compiled images -> (probabilities, pre-activation scores or None), cached per model."""
+    import tensorflow as tf
+
+    if model not in _SCORE_FNS:
+        output_layer = _output_activation_layer(model)
+
+        def scores(images):
+            if output_layer is None:
+                return tf.cast(model(images, training=False), tf.float32), tf.zeros([0])
+            with _Logits(output_layer):
+                logits = tf.cast(model(images, training=False), tf.float32)
+            return tf.cast(output_layer.activation(logits), tf.float32), logits
+
+        _SCORE_FNS[model] = tf.function(scores, reduce_retracing=True)
+    return _SCORE_FNS[model]
+
+
+def _score(probs, logits, task, class_index):
+    if logits.shape[0] == 0:
+        return class_score(probs, task, class_index)
+    return logit_score(logits, task, class_index)
+
+
 def grad_cam(model, images, class_index=None, layer=None, task=None):
     """Grad-CAM heatmaps [B, H, W] in [0, 1]; see `GradCam`."""
     return GradCam(model, layer=layer, method="gradcam", task=task)(images, class_index)
@@ -404,8 +432,8 @@ def occlusion_sensitivity(model, images, class_index=None, patch_size=None, stri
     """How much the class score drops when each region is hidden, [B, H, W].
 
     A square patch filled with the image's mean intensity slides over the image; each
-    pixel gets the mean score drop (log-odds or log-probability, as `GradCam`) over the
-    patches covering it. Positive values mark evidence for the class. Model-agnostic:
+    pixel gets the mean drop of the class score (the pre-activation logit, as `GradCam`)
+    over the patches covering it. Positive values mark evidence for the class. Model-agnostic:
     use it to check that Grad-CAM is not an artefact of the gradients.
 
     Args:
@@ -438,15 +466,13 @@ def occlusion_sensitivity(model, images, class_index=None, patch_size=None, stri
     if lefts[-1] != width - patch_size:
         lefts.append(width - patch_size)
     positions = [(top, left) for top in tops for left in lefts]
-    from kmedimg.evaluation.evaluate import make_predict_fn
-
-    forward = make_predict_fn(model)  # compiled once per model; eager calls are ~100x slower
+    forward = _scores_fn(model, task)
     maps = np.zeros(images.shape[:3], dtype=np.float32)
     for index, image in enumerate(images):
-        probs = forward(image[np.newaxis])
+        probs, logits = forward(image[np.newaxis])
         explained = _default_class(probs, task) if class_index is None else tf.constant(
             [int(np.broadcast_to(class_index, images.shape[:1])[index])])
-        base = float(class_score(probs, task, explained)[0])
+        base = float(_score(probs, logits, task, explained)[0])
         fill = image.mean(axis=(0, 1))
         total = np.zeros((height, width), np.float32)
         count = np.zeros((height, width), np.float32)
@@ -455,7 +481,7 @@ def occlusion_sensitivity(model, images, class_index=None, patch_size=None, stri
             occluded = np.repeat(image[np.newaxis], len(chunk), axis=0)
             for row, (top, left) in enumerate(chunk):
                 occluded[row, top:top + patch_size, left:left + patch_size] = fill
-            scores = class_score(forward(occluded), task, tf.repeat(explained, len(chunk))).numpy()
+            scores = _score(*forward(occluded), task, tf.repeat(explained, len(chunk))).numpy()
             for row, (top, left) in enumerate(chunk):
                 total[top:top + patch_size, left:left + patch_size] += base - scores[row]
                 count[top:top + patch_size, left:left + patch_size] += 1
