@@ -108,8 +108,6 @@ def _phi_values(ds):
     return values
 
 
-
-
 def _infer_transfer_syntax(ds):
     """Sets a missing file_meta Transfer Syntax UID from the encoding pydicom detected."""
     from pydicom.dataset import FileMetaDataset
