@@ -82,7 +82,12 @@ def make_strategy(args):
 def run(args):
     strategy = make_strategy(args)
     from kmedimg.data.pipeline import load, read_manifest
-    from kmedimg.distribute import FIT_SHUFFLE, distribute_dataset, platform_defaults
+    from kmedimg.distribute import (
+        FIT_SHUFFLE,
+        distribute_dataset,
+        evaluation_dataset,
+        platform_defaults,
+    )
     from kmedimg.models import build_classifier
 
     keras.utils.set_random_seed(args.seed)
@@ -128,6 +133,15 @@ def run(args):
         shuffle=FIT_SHUFFLE,
         callbacks=[steps],
     )
+    val_loss = None
+    if manifest.splits.get("val") is not None and manifest.splits["val"].count:
+        # Keras distributes this one itself: DATA sharding keeps it working with
+        # fewer validation files than workers.
+        val = evaluation_dataset(
+            load(manifest, "val", image_size=args.image_size, batch_size=args.global_batch,
+                 training=False, deterministic=True)
+        )
+        val_loss = float(model.evaluate(val, verbose=0, return_dict=True)["loss"])
     weights = [np.asarray(weight) for weight in model.get_weights()]
     np.savez(args.out + ".weights.npz", *weights)
     timed = steps.times[args.warmup :]
@@ -137,6 +151,8 @@ def run(args):
         "worker_index": args.worker_index,
         "replicas": int(strategy.num_replicas_in_sync),
         "losses": steps.losses,
+        "val_loss": val_loss,
+        "strategy_cached": make_strategy_again_is_same(args, strategy),
         "steps_per_second": steps_per_second,
         "initial_weights_sha256": initial_digest,
         "weights_sha256": _digest(weights),
@@ -146,6 +162,15 @@ def run(args):
     with open(args.out, "w") as handle:
         json.dump(result, handle)
     return result
+
+
+def make_strategy_again_is_same(args, strategy):
+    """Whether asking `get_strategy` again returns the same strategy (None: not asked)."""
+    if args.mode != "multiworker":
+        return None
+    from kmedimg.distribute import get_strategy
+
+    return get_strategy("multiworker") is strategy
 
 
 def _digest(weights):

@@ -287,3 +287,10 @@ def test_xla_incompatible_list_matches_reality():
     assert compiles(keras.layers.RandomFlip())
     assert not compiles(keras.layers.RandomRotation(0.1))
     assert not compiles(keras.layers.RandomZoom(0.1))
+
+
+def test_evaluation_dataset_sets_data_sharding():
+    dataset = distribute.evaluation_dataset(tf.data.Dataset.range(6).batch(4))
+    policy = dataset.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
+    assert [batch.tolist() for batch in dataset.as_numpy_iterator()] == [[0, 1, 2, 3], [4, 5]]

@@ -30,10 +30,10 @@ PROCESS_TIMEOUT = 150  # seconds; the runs below take ~10-25 s each on 2 busy co
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     directory = tmp_path_factory.mktemp("phantoms")
-    # One shard file for the training split: the case where file-based autosharding
-    # would leave the second worker without data.
+    # One shard file per split: the case where file-based autosharding fails or
+    # leaves the second worker without data.
     make_phantom_dataset(
-        str(directory), num_images=64, image_size=32, val_fraction=0.0, test_fraction=0.0, num_shards=1
+        str(directory), num_images=80, image_size=32, val_fraction=0.2, test_fraction=0.0, num_shards=1
     )
     return directory
 
@@ -118,6 +118,10 @@ def test_two_workers_on_localhost_end_with_identical_weights(phantoms, tmp_path)
         # One shard file for two input pipelines: load shards by record and says so.
         assert "sharding by record" in log
     assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    assert all(result["strategy_cached"] for result in results)
+    # Evaluation on a one-file validation split (evaluation_dataset: DATA sharding).
+    assert np.isfinite(results[0]["val_loss"])
+    assert results[0]["val_loss"] == pytest.approx(results[1]["val_loss"], rel=1e-6)
     weights = [np.load(str(out) + ".weights.npz") for out in outs]
     for name in weights[0].files:
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
