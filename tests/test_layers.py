@@ -140,3 +140,12 @@ def test_bad_arguments_name_the_argument():
         kl.BackbonePreprocessing("yolo")
     with pytest.raises(ValueError, match="Received: input shape"):
         kl.GreyToRGB()(np.zeros((1, 2, 2, 2)))
+
+
+def test_augmentation_noise_has_the_requested_spread():
+    augment = kl.MedicalAugmentation(
+        flip=None, rotation=0, zoom=0, translation=0, contrast=0, brightness=0, noise_stddev=0.05, seed=4
+    )
+    out = keras.ops.convert_to_numpy(augment(np.full((8, 32, 32, 1), 0.5, "float32"), training=True))
+    assert abs(out.mean() - 0.5) < 0.005
+    assert abs(out.std() - 0.05) < 0.005

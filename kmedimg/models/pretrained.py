@@ -7,7 +7,9 @@ it covers preprocessing inside the model too) and the grey path as
 the constant `sum W_c * (B_c - A_c * beta / alpha)` moves into the convolution's
 bias or the following BatchNormalization's moving mean. Away from the zero-padded
 border the folded network computes exactly what the RGB network computes on the
-replicated grey image, at a third of the first layer's cost.
+replicated grey image. (It also needs a third of the first layer's
+multiply-adds, but end to end on CPU the difference is within noise:
+`benchmarks/grey_fold.py`.)
 """
 
 import os
