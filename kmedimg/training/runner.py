@@ -168,7 +168,12 @@ def _eval_dataset(config, manifest, split):
     # A known length lets Keras end validation without an "input ran out of data"
     # warning (the interleaved record files have unknown cardinality).
     batches = math.ceil(manifest.splits[split].count / config.data.batch_size)
-    return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    # Keras distributes this dataset itself; DATA sharding works with fewer files
+    # than workers (AUTO/FILE fails there under MultiWorkerMirroredStrategy).
+    from kmedimg import distribute
+
+    return distribute.evaluation_dataset(dataset)
 
 
 def _distribute(strategy, dataset_fn):
@@ -486,7 +491,14 @@ def run(config, progress=True):
     history_path = join_path(run_dir, HISTORY_NAME)
 
     keras.utils.set_random_seed(training.seed)
-    if training.deterministic:
+    determinism_note = None
+    if training.deterministic and settings.jit_compile:
+        # Keras silently compiles without XLA once op determinism is on.
+        determinism_note = (
+            "op determinism not enabled: the step compiles with XLA (jit_compile), which "
+            "Keras turns off under op determinism; seeds still fix data order and init"
+        )
+    elif training.deterministic:
         tf.config.experimental.enable_op_determinism()
 
     steps_per_epoch = _steps_per_epoch(config, manifest)
@@ -496,7 +508,12 @@ def run(config, progress=True):
     with strategy.scope():
         model = build_model(config, num_outputs(manifest), input_shape, manifest.task,
                             recipe=recipe, dtype_policy=settings.precision_policy)
+    if settings.jit_compile or settings.platform == "tpu":
+        # Before any training: name the layers XLA cannot compile.
+        distribute.check_layers_for_xla(model)
     notes = [weight_note, *settings.notes, *model.kmedimg_init_notes]
+    if determinism_note:
+        notes.append(determinism_note)
     for note in notes:
         say(f"[kmedimg] {note}")
 
