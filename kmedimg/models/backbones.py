@@ -480,7 +480,6 @@ def _convnext():
 
 
 _NASNET_CELL = re.compile(r"_((?:stem|reduce)_\d+|\d+)$")
-_AUTO_NAMED = re.compile(r"^[a-z_]+?(2d)?(_\d+)?$")
 
 
 def _nasnet_block(layer_name):
