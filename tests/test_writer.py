@@ -349,3 +349,12 @@ def test_non_local_paths_go_through_tf_io_gfile():
     manifest = verify(out_dir)
     images, _ = read_split(out_dir, "val")
     assert len(images) == manifest.splits["val"].count == 3
+
+
+def test_progress_bar_reports_both_passes(tmp_path, capsys):
+    items = [Item(str(i), image(i), ("neg",), split="custom_b" if i % 2 else "custom_a")
+             for i in range(6)]
+    manifest = write_dataset(ListSource(items), tmp_path, progress=True)
+    assert list(manifest.splits) == ["custom_a", "custom_b"]
+    err = capsys.readouterr().err
+    assert "scanned 6 items (pass 1 of 2)" in err and "6/6" in err

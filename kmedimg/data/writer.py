@@ -297,7 +297,11 @@ def write_dataset(
     index_of = {name: index for index, name in enumerate(class_names)}
     sequence = []  # per source entry: _Planned or Rejected (small)
     rejected_by_source = 0
+    show_scan = progress is True
     for position, entry in enumerate(source):
+        if show_scan and position % 500 == 0:
+            sys.stderr.write(f"\rscanning {position} items (pass 1 of 2)")
+            sys.stderr.flush()
         if isinstance(entry, Rejected):
             sequence.append(entry)
             rejected_by_source += 1
@@ -330,6 +334,8 @@ def write_dataset(
                 channels=pixels.shape[-1],
             )
         )
+    if show_scan:
+        sys.stderr.write(f"\rscanned {len(sequence)} items (pass 1 of 2)\n")
     valid = [entry for entry in sequence if isinstance(entry, _Planned)]
     if not valid:
         reasons = collections.Counter(entry.reason for entry in sequence)
@@ -405,7 +411,7 @@ def write_dataset(
             entry.split = split
     split_entries = collections.OrderedDict()
     for name in sorted({entry.split for entry in kept},
-                       key=lambda s: (("train", "val", "test") + (s,)).index(s)):
+                       key=lambda s: ((("train", "val", "test") + (s,)).index(s), s)):
         split_entries[name] = [entry for entry in kept if entry.split == name]
 
     # Duplicates the source itself placed in different splits (e.g. an official split
