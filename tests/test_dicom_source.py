@@ -23,7 +23,12 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from pydicom.dataset import Dataset  # noqa: E402
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing  # noqa: E402
+from pydicom.pixels import (  # noqa: E402
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    apply_windowing,
+)
 
 from kmedimg.data.sources import privacy  # noqa: E402
 from kmedimg.data.sources.base import Item, Rejected  # noqa: E402
@@ -456,7 +461,8 @@ def phi_values(paths):
                 if element.VR == "PN":
                     parts += [p.strip() for p in text.replace("=", "^").split("^")]
                 for part in parts:
-                    if len(part) >= 4 and any(c.isalnum() for c in part) and part.strip("0:.") != "":
+                    meaningful = any(c.isalnum() for c in part) and part.strip("0:.") != ""
+                    if len(part) >= 4 and meaningful:
                         values.add(part)
     return values
 

@@ -94,7 +94,8 @@ def test_every_nibabel_file_is_written_or_rejected_and_matches(nibabel_tree):
             np.testing.assert_allclose([recorded["minimum"], recorded["step"]], mapping)
         assert len({e.patient for e in entries}) == 1
     assert written >= 80
-    reasons = {e.reason.split(":")[0] for es in by_file.values() for e in es if isinstance(e, Rejected)}
+    reasons = {e.reason.split(":")[0] for es in by_file.values() for e in es
+               if isinstance(e, Rejected)}
     assert {"not a NIfTI file", "not a NIfTI volume", "missing data file"} <= reasons
 
 

@@ -404,7 +404,9 @@ class DicomSource:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"DICOM source folder not found: {self.root}")
         if frames not in FRAME_CHOICES:
-            raise ValueError(f"`frames` must be one of {FRAME_CHOICES}. Received: frames={frames!r}")
+            raise ValueError(
+                f"`frames` must be one of {FRAME_CHOICES}. Received: frames={frames!r}"
+            )
         if dtype not in DTYPE_CHOICES:
             raise ValueError(f"`dtype` must be one of {DTYPE_CHOICES}. Received: dtype={dtype!r}")
         if not float(scale) > 0:

@@ -60,7 +60,8 @@ UINT16_MAX = 65535
 
 def _suffix(name):
     lower = name.lower()
-    return next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None)
+    longest_first = sorted(VOLUME_SUFFIXES, key=len, reverse=True)
+    return next((suffix for suffix in longest_first if lower.endswith(suffix)), None)
 
 
 def check_axis(axis):
@@ -132,7 +133,8 @@ def volume_intensity(volume, window, offset, scale, header_range=None):
                     "no window in file: window='file' uses the header's cal_min/cal_max, "
                     "which are unset; pass a preset or C,W"
                 )
-            name, center, width, function = "file cal_min/cal_max", (low + high) / 2, high - low, "LINEAR_EXACT"
+            name, function = "file cal_min/cal_max", "LINEAR_EXACT"
+            center, width = (low + high) / 2, high - low
         else:
             (name, center, width), function = window, "LINEAR"
         facts.update(intensity="window", window_source=name, window=[center, width])
@@ -161,7 +163,9 @@ def _load_canonical(path):
     try:
         image = nib.load(path)
     except Exception as error:  # noqa: BLE001 - nibabel raises many types
-        raise dicom_pixels.PixelError(f"unreadable NIfTI: {type(error).__name__}: {error}") from None
+        raise dicom_pixels.PixelError(
+            f"unreadable NIfTI: {type(error).__name__}: {error}"
+        ) from None
     kinds = (nib.Nifti1Image, nib.Nifti2Image, nib.Nifti1Pair, nib.Nifti2Pair)
     if not isinstance(image, kinds) or type(image).__name__.startswith("Cifti"):
         raise dicom_pixels.PixelError(
@@ -181,9 +185,13 @@ def _load_canonical(path):
         canonical = nib.as_closest_canonical(image)
         data = np.asarray(canonical.get_fdata(dtype=np.float64))
     except FileNotFoundError:
-        raise dicom_pixels.PixelError("missing data file: the pair's .img file is not there") from None
+        raise dicom_pixels.PixelError(
+            "missing data file: the pair's .img file is not there"
+        ) from None
     except Exception as error:  # noqa: BLE001
-        raise dicom_pixels.PixelError(f"cannot read voxel data: {type(error).__name__}: {error}") from None
+        raise dicom_pixels.PixelError(
+            f"cannot read voxel data: {type(error).__name__}: {error}"
+        ) from None
     while data.ndim < 3:
         data = data[..., np.newaxis]
     header = image.header
@@ -209,7 +217,9 @@ def convert_volume(job):
     labels = options["labels"].lookup(relative)
     if labels is None:
         table = options["labels"]
-        where = "not inside a class folder" if table.kind == "folders" else "no row in the labels CSV"
+        where = (
+            "not inside a class folder" if table.kind == "folders" else "no row in the labels CSV"
+        )
         return rejected(f"no label: {where}")
     with privacy.silenced("nibabel"):
         try:
@@ -324,7 +334,9 @@ class NiftiSource:
         if labels == "folders":
             self.label_table = LabelTable.from_folders(self.root, class_names, task)
         else:
-            self.label_table = LabelTable.from_csv(labels, class_names, task, allowed_keys=("path",))
+            self.label_table = LabelTable.from_csv(
+                labels, class_names, task, allowed_keys=("path",)
+            )
         self.task = self.label_table.task
         self.class_names = self.label_table.class_names
         self._per_volume = {}
@@ -410,7 +422,8 @@ class NiftiSource:
             "orientation": "RAS+ (nibabel.as_closest_canonical); image = rot90(slice)",
             "window": window,
             "intensity": {
-                "fixed": "uint16 stored = rint(real / scale) + offset; real = (stored - offset) * scale",
+                "fixed": "uint16 stored = rint(real / scale) + offset; "
+                "real = (stored - offset) * scale",
                 "offset": self.offset,
                 "scale": self.scale,
                 "per_volume_rule": "real = stored * step + minimum (float or out-of-range volumes)",
