@@ -448,15 +448,24 @@ def write_dataset(
     temp_dir = _join(out_dir, f".incomplete-{uuid.uuid4().hex[:12]}")
     tf.io.gfile.makedirs(temp_dir)
     options = tf.io.TFRecordOptions(compression_type="" if compression == "NONE" else compression)
-    writers = {}
+    # One open writer per split: shards are contiguous blocks of the split's records in
+    # source order, so a shard is complete when the next one starts (thousands of
+    # shards never mean thousands of open files or gs:// upload buffers).
+    writers = {}  # split -> (shard index, TFRecordWriter)
     records_in_shard = collections.Counter()
     by_position = {entry.position: entry for entry in valid}
     progress_bar = _Progress(progress, len(shard_plan))
+
+    def writer_for(split, index):
+        current = writers.get(split)
+        if current is None or current[0] != index:
+            if current is not None:
+                current[1].close()
+            path = _join(temp_dir, schema.shard_name(split, index, shard_counts[split]))
+            writers[split] = (index, tf.io.TFRecordWriter(path, options))
+        return writers[split][1]
+
     try:
-        for name, count in shard_counts.items():
-            for index in range(count):
-                path = _join(temp_dir, schema.shard_name(name, index, count))
-                writers[(name, index)] = tf.io.TFRecordWriter(path, options)
         seen_second = 0
         for position, entry in enumerate(source):
             seen_second += 1
@@ -488,7 +497,7 @@ def write_dataset(
                 pixels = _resize(pixels, size)
             identifier = entry.record_id or schema.record_id(entry.source)
             split, index = shard_plan[position]
-            writers[(split, index)].write(
+            writer_for(split, index).write(
                 schema.make_example(
                     pixels, planned.labels, identifier, planned.patient, encoding
                 )
@@ -500,7 +509,7 @@ def write_dataset(
                 f"The source yielded {seen_second} entries on the second pass but "
                 f"{len(sequence)} on the first; sources must iterate reproducibly."
             )
-        for writer in writers.values():
+        for _, writer in writers.values():
             writer.close()
         writers.clear()
 
@@ -612,7 +621,7 @@ def write_dataset(
             handle.write(manifest.to_json())
         tf.io.gfile.rename(manifest_temp, manifest_path, overwrite=True)
     finally:
-        for writer in writers.values():
+        for _, writer in writers.values():
             try:
                 writer.close()
             except Exception:  # noqa: BLE001 - closing after the real error
