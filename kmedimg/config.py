@@ -120,8 +120,10 @@ class TrainingConfig:
     Attributes:
         seed: seeds Python, NumPy, TensorFlow (`keras.utils.set_random_seed`) and the
             data order. Defaults to `0`.
-        deterministic: also enable TensorFlow op determinism (same seed, same weights).
-            Defaults to `True`.
+        deterministic: also enable TensorFlow op determinism (same seed, same weights;
+            a resumed run ends equal to an uninterrupted one). Not applied when the step
+            compiles with XLA, because Keras turns XLA off under op determinism; the
+            run log says so. Defaults to `True`.
         optimizer: `"adamw"`, `"adam"` or `"sgd"` (with momentum 0.9). A recipe stage
             may name its own. Defaults to `"adamw"`.
         weight_decay: decoupled weight decay of AdamW/SGD (the review's §8.1 weight
