@@ -183,3 +183,47 @@ def test_defaults_and_refusals_on_two_logical_cpus(tmp_path):
     assert "keras-team/keras#19246" in report["errors"]["steps"]
     assert report["errors"]["steps"].endswith("Received: steps_per_execution=4")
     assert "use jit_compile=False" in report["errors"]["jit"]
+
+
+RECIPE_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    index, ports, data, out = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3], sys.argv[4]
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+        "task": {"type": "worker", "index": index}})
+    import keras, numpy as np
+    from kmedimg import training
+    from kmedimg.config import config_from_dict
+    config = config_from_dict({
+        "data": {"path": data, "image_size": 32, "batch_size": 16},
+        "model": {"backbone": "lenet5"},
+        "recipe": {"name": "two_stage", "head_epochs": 1, "finetune_epochs": 1},
+        "distribute": {"kind": "multiworker"},
+        "training": {"run_dir": f"{out}/run{index}", "steps_per_epoch": 2, "verbose": 0,
+                     "tensorboard": False},
+        "evaluation": {"bootstrap": 10},
+    })
+    result = training.run(config, progress=False)
+    weights = keras.saving.load_model(result.model_path).get_weights()
+    np.savez(f"{out}/weights{index}.npz", *weights)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_workers_run_a_recipe_end_to_end(phantoms, tmp_path):
+    """`training.run` of a two-stage recipe under 2 workers: same model on both."""
+    script = tmp_path / "recipe_worker.py"
+    script.write_text(RECIPE_WORKER_SCRIPT)
+    ports = ",".join(map(str, free_ports(2)))
+    run_together(
+        [[sys.executable, str(script), str(index), ports, str(phantoms), str(tmp_path)] for index in range(2)],
+        tmp_path,
+        timeout=600,
+    )
+    first, second = (np.load(tmp_path / f"weights{index}.npz") for index in range(2))
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name])
+    for index in range(2):
+        assert (tmp_path / f"run{index}" / "metrics.json").exists()
