@@ -12,11 +12,18 @@ Known failures of the TF 2.21 / Keras 3.15 stack and what kmedimg does about eac
 - `model.fit` under `MultiWorkerMirroredStrategy` (keras-team/keras#20585): fixed by
   `kmedimg._keras_patches`, applied by `get_strategy("multiworker")`.
 - `MirroredStrategy` over several devices with `steps_per_execution > 1`
-  (keras-team/keras#19246) or `jit_compile=True`: safe defaults (1, False) and a
+  (keras-team/keras#19246; also under MultiWorkerMirroredStrategy) or `jit_compile=True`:
+  safe defaults (1, False) and a
   clear `ValueError` if a recipe asks for them.
 - XLA on CPU is 2-17x slower per step: `jit_compile` is never on by default on CPU.
 - Keras warns that `shuffle=True` is ignored for tf.data input: pass
   `FIT_SHUFFLE` (False); the pipeline shuffles.
+- Autoshard: training input goes through `distribute_dataset` (one pipeline per
+  worker, sharded by `kmedimg.data.pipeline.load`); evaluation input that Keras
+  distributes itself goes through `evaluation_dataset` (DATA sharding), so fewer
+  files than workers never fails or starves a worker.
+- Keras geometric augmentation layers cannot compile under XLA (and fail under
+  bf16 on TPU, keras-team/keras#17508): `check_layers_for_xla` names them.
 
 Example:
 
