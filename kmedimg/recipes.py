@@ -480,9 +480,11 @@ class Advice:
         return get_recipe(self.recipe, **self.options)
 
     def overrides(self):
-        """The advice as `--set` overrides for `kmedimg train`."""
+        """The advice as `--set` overrides for `kmedimg train` (on any recipe file)."""
         items = [f"recipe.name={self.recipe}"]
         items += [f"recipe.{key}={value}" for key, value in self.options.items()]
+        if self.augmentation:
+            items.append("model.augmentation=default")
         return items
 
     def __str__(self):
@@ -622,9 +624,10 @@ def add_advise_command(subparsers):
     def handler(args):
         advice = advise(args.num_images, args.similarity, args.large_threshold)
         print(advice)
-        print("\nRun it with:\n  kmedimg train RECIPE.yaml " + " ".join(
-            f"--set {item}" for item in advice.overrides()
-        ))
+        # The shipped file of the recipe, with the advised options on top.
+        extra = [item for item in advice.overrides() if not item.startswith("recipe.name=")]
+        print(f"\nRun it with:\n  kmedimg train recipes/{advice.recipe}.yaml --data DIR "
+              + " ".join(f"--set {item}" for item in extra))
         return 0
 
     parser.set_defaults(handler=handler)

@@ -112,7 +112,8 @@ def test_advise_command(capsys):
     assert cli.main(["advise", "--num-images", "546", "--similarity", "low"]) == 0
     output = capsys.readouterr().out
     assert "Category 3" in output and "two_stage" in output
-    assert "--set recipe.name=two_stage" in output
+    assert "kmedimg train recipes/two_stage.yaml --data DIR --set recipe.freeze_depth=0.5" in output
+    assert "--set model.augmentation=default" in output
 
 
 def test_discriminative_learning_rates_under_xla_and_after_saving(tmp_path):
