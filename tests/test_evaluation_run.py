@@ -230,3 +230,24 @@ def test_command_help(command, capsys):
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert command in capsys.readouterr().out
+
+
+def test_evaluate_model_on_arrays_and_refusals(run):
+    from kmedimg.data.pipeline import load
+    from kmedimg.evaluation import evaluate_model
+
+    _, data_dir, model = run
+    images, labels = _test_images(data_dir, 32)
+    result = evaluate_model(model, (images, labels), "binary", n_bootstrap=20,
+                            class_names=["normal", "opacity"])
+    assert result["threshold"]["rule"] == "fixed" and result["threshold"]["values"] == [0.5]
+    assert result["num_samples"] == 32 and result["timing"]["test_predict_seconds"] > 0
+    expected = np.asarray(model(images, training=False))[:, 0]
+    direct = metrics.evaluate(labels, expected, task="binary", split="test", n_bootstrap=0,
+                              threshold=metrics.Threshold.fixed(0.5))
+    assert result["metrics"]["roc_auc"]["value"] == pytest.approx(
+        direct["metrics"]["roc_auc"]["value"], abs=1e-6)
+    with pytest.raises(ValueError, match="repeats forever"):
+        evaluate_model(model, load(data_dir, "train", batch_size=8, training=True), "binary")
+    with pytest.raises(ValueError, match="tta"):
+        evaluate_model(model, (images, labels), "binary", tta="rotate")
