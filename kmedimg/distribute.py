@@ -118,7 +118,7 @@ def get_strategy(kind="auto", tpu_address=None):
     if kind == "tpu":
         try:
             return _tpu_strategy(tpu_address)
-        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:
             raise ValueError(
                 "kind='tpu' but no TPU could be initialised "
                 f"(tpu={_tpu_target(tpu_address)!r}): {_first_line(error)}. On a TPU VM or "
@@ -147,7 +147,7 @@ def _auto_strategy(tpu_address):
     if tpu_reason:
         try:
             strategy = _tpu_strategy(tpu_address)
-        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:
             logger.warning(
                 "Strategy auto: %s, but the TPU could not be initialised (%s); trying "
                 "GPU/CPU.",
