@@ -15,8 +15,8 @@ measures, for `workers=1` (decoding in the converting process) and `workers=N`
 Figures are files/s and input MB/s (bytes of the DICOM files read), median of
 `--runs` runs, the CPU seconds of the converting process and of the pool workers,
 and the ratio pool / single process, both measured (wall time) and by CPU critical
-path (max(main CPU, worker CPU / workers): what an otherwise idle machine would
-take). The 1-minute load average is printed with each figure: when other processes
+path (max(main CPU, worker CPU / workers): a lower bound of the wall time on an
+otherwise idle machine with enough cores, assuming perfect overlap). The 1-minute load average is printed with each figure: when other processes
 saturate the CPUs (or the scheduler shares CPU per session), the wall-clock ratio
 says little and the critical-path ratio is the figure to read. Usage:
 
@@ -126,8 +126,8 @@ def main():
                 median, times, (main_cpu, worker_cpu), produced = timed(
                     lambda: function(workers), args.runs)
                 results[(stage, workers)] = median
-                # The CPU critical path: the wall time an otherwise idle machine with
-                # >= workers + 1 cores would need (main process and pool run concurrently).
+                # CPU critical path: a lower bound of the wall time on an otherwise idle
+                # machine (main process and pool fully overlapped).
                 bounds[(stage, workers)] = max(main_cpu, worker_cpu / workers)
                 print(f"{stage:8s} workers={workers}: {median:7.2f} s  "
                       f"{args.files / median:7.1f} files/s  {megabytes / median:7.1f} MB/s  "
@@ -140,7 +140,7 @@ def main():
             print(f"{stage}: workers={args.workers} vs 1 process: {ratio:.2f}x measured wall "
                   f"time; {bound:.2f}x by CPU critical path "
                   f"({args.files / bounds[(stage, args.workers)]:.0f} vs "
-                  f"{args.files / bounds[(stage, 1)]:.0f} files/s on an idle machine)")
+                  f"{args.files / bounds[(stage, 1)]:.0f} files/s at best on an idle machine)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
