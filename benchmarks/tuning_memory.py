@@ -1,15 +1,18 @@
-"""Resident memory over 20 tuning trials: kmedimg's search vs the same runs without release.
+"""Resident memory of the search process over 20 tuning trials.
 
 Each trial of `kmedimg tune` is a full `kmedimg.training.run` (model, tf.data pipeline,
-two compiled stages, evaluation). Between trials the tuner drops Keras' global state
-(`keras.backend.clear_session`) and collects garbage. This script measures the resident
-set size (VmRSS) after every trial of a 20-trial random search on synthetic phantoms
-(LeNet-5, 32x32, two_stage recipe with 1+1 epochs), and, as the baseline, the same 20
-trial configurations run back to back in one process without the release. Each mode
-runs in its own fresh process.
+two compiled stages, evaluation). Three modes, each in its own fresh process, on a
+20-trial random search on synthetic phantoms (LeNet-5, 32x32, two_stage 1+1 epochs):
 
-Prints RSS after trials 1, 5, 10, 20, the growth from trial 5 to 20 and the slope
-(least squares over trials 5..20, MB per trial) for both, and their ratio.
+- `isolated` (the default, `tune.isolate_trials: true`): every trial trains in a
+  child process; the search process measures itself.
+- `inprocess` (`isolate_trials: false`): trials train in the search process, which
+  calls `keras.backend.clear_session()` and `gc.collect()` after each.
+- `plain` (baseline): the same trial configurations run back to back with
+  `training.run` in one process, no release at all.
+
+Prints VmRSS of the search process after trials 1, 5, 10, 20, the growth from trial 5
+to 20 and the least-squares slope over trials 5..20 (MB per trial).
 
     python benchmarks/tuning_memory.py [--trials 20]
 """
@@ -50,9 +53,11 @@ def run_mode(mode, data, work, trials):
     sys.path.insert(0, REPO)
     from kmedimg.config import config_from_dict
 
-    config = config_from_dict(recipe(data, work), "benchmark")
+    raw = recipe(data, work)
+    raw["tune"]["isolate_trials"] = mode == "isolated"
+    config = config_from_dict(raw, "benchmark")
     readings = []
-    if mode == "search":
+    if mode in ("isolated", "inprocess"):
         from kmedimg.tuning import run_search, settings_for, tuners
 
         release = tuners.release_memory
@@ -96,7 +101,7 @@ def slope(values):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--mode", choices=["search", "plain"], default=None)
+    parser.add_argument("--mode", choices=["isolated", "inprocess", "plain"], default=None)
     parser.add_argument("--data", default=None)
     parser.add_argument("--work", default=None)
     args = parser.parse_args(argv)
@@ -112,7 +117,7 @@ def main(argv=None):
         make_phantom_dataset(data, num_images=128, image_size=32, seed=0,
                              val_fraction=0.25, test_fraction=0.0)
     results = {}
-    for mode in ("search", "plain"):
+    for mode in ("isolated", "inprocess", "plain"):
         output = subprocess.run(
             [sys.executable, __file__, "--mode", mode, "--data", data,
              "--work", os.path.join(work, mode), "--trials", str(args.trials)],
@@ -122,17 +127,19 @@ def main(argv=None):
         results[mode] = json.loads(output.strip().splitlines()[-1])
 
     print(f"\n== resident memory over {args.trials} trials (MB, VmRSS after each trial) ==")
-    print(f"{'mode':<34}{'t1':>8}{'t5':>8}{'t10':>8}{'t20':>8}{'5->20':>9}{'MB/trial':>10}")
+    print(f"{'mode':<36}{'t1':>8}{'t5':>8}{'t10':>8}{'t20':>8}{'5->20':>9}{'MB/trial':>10}")
     slopes = {}
-    for mode, label in (("search", "kmedimg tune (release per trial)"),
+    for mode, label in (("isolated", "kmedimg tune, trials in children"),
+                        ("inprocess", "kmedimg tune, in-process + release"),
                         ("plain", "same runs, no release (baseline)")):
         values = results[mode]
         picks = [values[i - 1] for i in (1, 5, 10, args.trials)]
         slopes[mode] = slope(values[4:])
-        print(f"{label:<34}" + "".join(f"{v:>8.0f}" for v in picks)
+        print(f"{label:<36}" + "".join(f"{v:>8.0f}" for v in picks)
               + f"{values[-1] - values[4]:>9.1f}{slopes[mode]:>10.2f}")
     if slopes["plain"] > 0:
-        print(f"slope ratio (search / baseline): {slopes['search'] / slopes['plain']:.2f}")
+        for mode in ("isolated", "inprocess"):
+            print(f"slope ratio ({mode} / baseline): {slopes[mode] / slopes['plain']:.2f}")
     print(f"work directory: {work}")
 
 

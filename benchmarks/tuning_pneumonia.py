@@ -3,12 +3,13 @@
 Data: PneumoniaMNIST train (4708) / val (524) from ../shared/data/medmnist, 28x28
 grey, resized to 32x32, batch 64. Recipe: `from_scratch` on `lenet5_modern` (ImageNet
 weights cannot be downloaded here; LeNet keeps a whole search within minutes on two
-CPU cores). Fixed budget: Hyperband, max_epochs 9, factor 3, one iteration, seed 0,
+CPU cores). Fixed budget: Hyperband, max_epochs 9 (`--max-epochs`), factor 3, one
+iteration, seed 0, trials in-process (`isolate_trials: false`),
 searching learning rate (1e-4..3e-2, log), dropout (0..0.5), weight decay (1e-6..1e-2,
 log) and head width (0, 64, 128). Baseline: the recipe's default hyper-parameters
 (lr 1e-3, dropout 0.2, weight decay 1e-4, no hidden layer) trained once for as many
 epochs as the whole search trained (summed over its trials), so both spend the same
-number of epochs. Then both configurations are retrained at 9 epochs with three other
+number of epochs. Then both configurations are retrained at max_epochs with three other
 seeds, so the comparison is not only the search's pick on one seed.
 
 Prints: best val AUC and wall time of each, and the seed medians.
@@ -51,6 +52,7 @@ def base_recipe(data_dir, work, max_epochs):
         "evaluation": {"bootstrap": 0},
         "tune": {
             "tuner": "hyperband", "max_epochs": max_epochs, "factor": 3, "seed": 0,
+            "isolate_trials": False,  # in-process: faster start, fine for one search
             "directory": os.path.join(work, "tune"), "project_name": "pneumonia",
             "search_space": {
                 "learning_rate": {"min": 1e-4, "max": 3e-2},

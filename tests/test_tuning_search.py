@@ -132,7 +132,7 @@ def test_backbone_and_recipe_choices_condition_freeze_depth(phantoms, tmp_path):
 def test_search_values_reach_each_trial_and_the_best_recipe_reproduces(phantoms, tmp_path):
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(recipe(phantoms, tmp_path / "tune", tune={
-        "tuner": "random", "max_trials": 2, "seed": 3,
+        "tuner": "random", "max_trials": 2, "seed": 3, "isolate_trials": False,
         "search_space": {"learning_rate": [1e-3, 3e-2], "freeze_depth": {"min": 0}}})))
     config = load_config(path)
     result = run_search(config, settings=settings_for(config), recipe_path=str(path))
@@ -186,7 +186,10 @@ def _cli(args, **kwargs):
 def _trial_states(project):
     states = {}
     for trial_json in pathlib.Path(project).glob("trial_*/trial.json"):
-        data = json.loads(trial_json.read_text())
+        try:
+            data = json.loads(trial_json.read_text())
+        except (OSError, ValueError):  # being written by the search right now
+            continue
         states[data["trial_id"]] = data["status"]
     return states
 
@@ -199,6 +202,21 @@ def _table_trials(output):
         if len(cells) > 2 and cells[1] in ("COMPLETED", "FAILED", "INVALID"):
             ids.append(cells[0])
     return ids
+
+
+def _trial_processes(tmp_path):
+    """Pids of trial child processes whose config lies under `tmp_path`."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "kmedimg.tuning.trial_process" in command and str(tmp_path) in command:
+            pids.append(int(entry.name))
+    return pids
 
 
 def _one_stage(phantoms, directory, tune, epochs=1):
@@ -227,6 +245,11 @@ def test_resume_after_sigkill_repeats_no_finished_trial(phantoms, tmp_path):
     finally:
         first.kill()
         first.communicate(timeout=30)
+    # Trials run in child processes (the default); none outlives the killed search.
+    deadline = time.monotonic() + 20
+    while _trial_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _trial_processes(tmp_path)
     killed_during = {k for k, v in _trial_states(project).items() if v == "RUNNING"}
     completed_before = {k for k, v in _trial_states(project).items() if v == "COMPLETED"}
     assert completed_before and killed_during
@@ -251,8 +274,8 @@ def _free_port():
 
 def test_one_chief_two_workers_share_the_trials(phantoms, tmp_path):
     path = tmp_path / "parallel.yaml"
-    path.write_text(yaml.safe_dump(_one_stage(phantoms, tmp_path / "tune",
-                                              {"tuner": "random", "max_trials": 4})))
+    path.write_text(yaml.safe_dump(_one_stage(phantoms, tmp_path / "tune", {
+        "tuner": "random", "max_trials": 4, "isolate_trials": False})))
     address = f"127.0.0.1:{_free_port()}"
     processes = []
     try:

@@ -3,6 +3,7 @@
 import copy
 import inspect
 import math
+import os
 import tempfile
 
 import keras
@@ -90,6 +91,10 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
             Defaults to `"val_auc"`.
         manifest: The dataset's `Manifest`; `None` reads `config.data.path`.
             Defaults to `None`.
+        isolate_trials: Train each trial in a child process, so the search's memory
+            stays flat (TensorFlow keeps every traced graph of a process) and a
+            crashing trial cannot take the search down. `False` trains in this
+            process (faster start for tiny trials). Defaults to `True`.
         **kwargs: `name` and `tunable` of `keras_tuner.HyperModel`.
 
     Example:
@@ -100,7 +105,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
     """
 
     def __init__(self, config, search_space=None, total_epochs=None, objective="val_auc",
-                 manifest=None, **kwargs):
+                 manifest=None, isolate_trials=True, **kwargs):
         if not isinstance(config, config_module.RecipeConfig):
             raise ValueError(
                 "`config` must be a kmedimg.config.RecipeConfig (use "
@@ -131,6 +136,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         self.manifest = manifest
         self.search_space = search_space
         self.objective = objective
+        self.isolate_trials = bool(isolate_trials)
         self.task = manifest.task
         # Model outputs: 1 for binary, the class count otherwise.
         self.num_classes = 1 if manifest.task == "binary" else manifest.num_classes
@@ -413,8 +419,9 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         config.training.verbose = 0
         # Trials are scored on the validation objective; intervals are for the final run.
         config.evaluation.bootstrap = 0
-        result = training.run(config, progress=False)
-        return history_from_rows(result.history)
+        if not self.isolate_trials:
+            return history_from_rows(training.run(config, progress=False).history)
+        return history_from_rows(_run_in_child(config))
 
 
 AUGMENTATION_MAGNITUDES = ("rotation", "zoom", "translation", "contrast", "brightness",
@@ -438,6 +445,40 @@ def augmentation_for_strength(strength, base=None):
     for name in AUGMENTATION_MAGNITUDES:
         base[name] = round(float(base.get(name, defaults[name].default)) * strength, 6)
     return base
+
+
+def _run_in_child(config):
+    """`training.run(config)` in a child process; returns the run's history rows."""
+    import subprocess
+    import sys
+
+    from kmedimg import training
+    from kmedimg.config import save_config
+
+    run_dir = config.training.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    config_path = os.path.join(run_dir, "trial_config.yaml")
+    save_config(config, config_path)
+    log_path = os.path.join(run_dir, "trial.log")
+    # The child imports the same kmedimg as this process, installed or not.
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, KMEDIMG_TRIAL_PARENT=str(os.getpid()))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    with open(log_path, "a") as log:
+        child = subprocess.run(
+            [sys.executable, "-m", "kmedimg.tuning.trial_process", config_path],
+            stdout=log, stderr=subprocess.STDOUT, check=False, env=env,
+        )
+    if child.returncode != 0:
+        with open(log_path) as log:
+            tail = "".join(log.readlines()[-15:])
+        raise RuntimeError(
+            f"The trial in {run_dir} failed (exit code {child.returncode}); its log "
+            f"{log_path} ends:\n{tail}"
+        )
+    return training.read_history(os.path.join(run_dir, "history.csv"))
 
 
 def history_from_rows(rows):

@@ -12,7 +12,7 @@ import shutil
 
 RECORD_NAME = "search.json"
 # Extending the budget of a search is a legitimate resume, not a different search.
-_NOT_COMPARED = ("max_trials", "directory", "project_name")
+_NOT_COMPARED = ("max_trials", "directory", "project_name", "isolate_trials")
 
 
 def search_record(hypermodel, settings):

@@ -91,7 +91,7 @@ def run_search(
 
     hypermodel = ClassifierHyperModel(
         config, search_space=settings.search_space, total_epochs=settings.max_epochs,
-        objective=settings.objective,
+        objective=settings.objective, isolate_trials=settings.isolate_trials,
     )
     table = TrialTable(settings.objective, settings.direction, stream=stream, worker=worker_label)
     tuner = make_tuner(

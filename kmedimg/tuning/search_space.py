@@ -139,6 +139,8 @@ class TuneSettings:
         directory: Parent directory of tuning projects. Defaults to `"runs/tune"`.
         project_name: Project directory name; `None` uses the recipe file's stem.
             Defaults to `None`.
+        isolate_trials: Train each trial in a child process (flat memory over a
+            long search; a crash fails one trial, not the search). Defaults to `True`.
         search_space: The `SearchSpace`. Defaults to `SearchSpace()`.
     """
 
@@ -153,6 +155,7 @@ class TuneSettings:
     seed: int = 0
     directory: str = "runs/tune"
     project_name: str = None
+    isolate_trials: bool = True
     search_space: SearchSpace = SearchSpace()
 
     def __post_init__(self):
@@ -173,6 +176,8 @@ class TuneSettings:
                 raise _error(key, "must be an integer >= 1.", value, None)
         if self.tuner == "hyperband" and self.factor < 2:
             raise _error("factor", "Hyperband needs a factor >= 2.", self.factor, None)
+        if not isinstance(self.isolate_trials, bool):
+            raise _error("isolate_trials", "must be true or false.", self.isolate_trials, None)
         if self.max_epochs is not None and (
             not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool)
             or self.max_epochs < 1
