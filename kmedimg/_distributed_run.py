@@ -154,6 +154,9 @@ def run(args):
         "val_loss": val_loss,
         "strategy_cached": make_strategy_again_is_same(args, strategy),
         "steps_per_second": steps_per_second,
+        "step_seconds": np.diff(steps.times).round(4).tolist(),
+        # Process CPU time (all threads) per step: less sensitive to other load.
+        "step_cpu_seconds": np.diff(steps.cpu_times).round(4).tolist(),
         "initial_weights_sha256": initial_digest,
         "weights_sha256": _digest(weights),
         "jit_compile": defaults.jit_compile,
@@ -182,12 +185,13 @@ class StepLog(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.losses, self.times = [], []
+        self.losses, self.times, self.cpu_times = [], [], []
 
     def on_train_batch_end(self, batch, logs=None):
         # float() waits for the step, so the time taken next is when it finished.
         self.losses.append(float(logs["loss"]))
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
 
 
 def main(argv=None):
