@@ -1,6 +1,6 @@
 """Two targeted fixes that make `model.fit` work under MultiWorkerMirroredStrategy.
 
-Keras 3 (tested 3.5 - 3.15) fails at the first `fit` under a multi-worker
+Keras 3 (3.15.1 here; earlier 3.x releases reported too) fails at the first `fit` under a multi-worker
 `tf.distribute.MultiWorkerMirroredStrategy` (open upstream: keras-team/keras#20585,
 tensorflow/tensorflow#72388):
 
@@ -28,9 +28,10 @@ import keras
 
 logger = logging.getLogger(__name__)
 
-# Keras versions whose trainer has the two code paths patched here (checked by
-# reading keras/src/backend/tensorflow/trainer.py and by the 2-process test).
-PATCHED_KERAS_VERSIONS = ((3, 5), (3, 15))
+# Keras versions whose trainer has the two code paths patched here, verified by
+# reading keras/src/backend/tensorflow/trainer.py and running the 2-process tests
+# (tests/test_distribute_processes.py). Widen only after running them on a version.
+PATCHED_KERAS_VERSIONS = ((3, 15), (3, 15))
 
 _state = {"applied": False}
 

@@ -229,7 +229,7 @@ def test_distribute_dataset_under_default_strategy_returns_plain_dataset():
 
 def test_keras_patches_are_version_checked_and_idempotent(monkeypatch):
     assert _keras_patches.is_supported_keras() == (
-        (3, 5) <= _keras_patches._keras_version() <= (3, 15)
+        (3, 15) <= _keras_patches._keras_version() <= (3, 15)
     )
     monkeypatch.setattr(keras, "__version__", "3.99.0")
     monkeypatch.setitem(_keras_patches._state, "applied", False)
