@@ -214,7 +214,7 @@ def _trial_processes(tmp_path):
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "kmedimg.tuning.trial_process" in command and str(tmp_path) in command:
+        if "-m kmedimg.tuning.trial_process " in command and str(tmp_path) in command:
             pids.append(int(entry.name))
     return pids
 
@@ -226,7 +226,8 @@ def _one_stage(phantoms, directory, tune, epochs=1):
 
 def test_resume_after_sigkill_repeats_no_finished_trial(phantoms, tmp_path):
     path = tmp_path / "resume.yaml"
-    path.write_text(yaml.safe_dump(_one_stage(phantoms, tmp_path / "tune", {"seed": 1}, 2)))
+    path.write_text(yaml.safe_dump(_one_stage(phantoms, tmp_path / "tune",
+                                              {"seed": 1, "isolate_trials": False}, 2)))
     project = tmp_path / "tune" / "resume"
     # The default tuner (Hyperband): max_epochs 2, factor 2 -> five trials of 1-2 epochs.
     args = [str(path), "--max-epochs", "2", "--set", "tune.factor=2"]
@@ -245,11 +246,6 @@ def test_resume_after_sigkill_repeats_no_finished_trial(phantoms, tmp_path):
     finally:
         first.kill()
         first.communicate(timeout=30)
-    # Trials run in child processes (the default); none outlives the killed search.
-    deadline = time.monotonic() + 20
-    while _trial_processes(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _trial_processes(tmp_path)
     killed_during = {k for k, v in _trial_states(project).items() if v == "RUNNING"}
     completed_before = {k for k, v in _trial_states(project).items() if v == "COMPLETED"}
     assert completed_before and killed_during
@@ -264,6 +260,41 @@ def test_resume_after_sigkill_repeats_no_finished_trial(phantoms, tmp_path):
     assert set(states.values()) == {"COMPLETED"} and len(states) >= 3
     assert set(states) == completed_before | set(rerun)
     assert "Best recipe:" in output
+
+
+def test_isolated_trial_trains_in_a_child_that_dies_with_its_parent(phantoms, tmp_path):
+    config = config_from_dict(_one_stage(phantoms, tmp_path, {}))
+    hypermodel = ClassifierHyperModel(config, isolate_trials=True)
+    run_dir = tmp_path / "trial" / "run0"
+    history = hypermodel.fit(keras_tuner.HyperParameters(), run_dir=str(run_dir))
+    assert len(history.history["val_auc"]) == 1
+    assert (run_dir / "trial.log").exists() and (run_dir / "model.keras").exists()
+
+    # A parent killed while its trial child is still starting leaves no orphan.
+    orphan_dir = tmp_path / "orphan"
+    orphan_dir.mkdir()
+    config_path = orphan_dir / "trial_config.yaml"
+    config_path.write_text((run_dir / "trial_config.yaml").read_text().replace(
+        str(run_dir), str(orphan_dir / "run")))
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        "env = dict(os.environ, KMEDIMG_TRIAL_PARENT=str(os.getpid()))\n"
+        f"subprocess.Popen([sys.executable, '-m', 'kmedimg.tuning.trial_process', "
+        f"{str(config_path)!r}], env=env)\n"
+        "time.sleep(600)\n")], env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 30
+        while not _trial_processes(orphan_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _trial_processes(orphan_dir)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 120
+    while _trial_processes(orphan_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _trial_processes(orphan_dir)
+    assert not (orphan_dir / "run" / "model.keras").exists()
 
 
 def _free_port():
