@@ -77,7 +77,6 @@ def run_mode(mode, data, work, trials):
         from kmedimg.tuning import ClassifierHyperModel
 
         hypermodel = ClassifierHyperModel(config)
-        oracle = keras_tuner.oracles.RandomSearchOracle(max_trials=trials, seed=0)
         space = keras_tuner.HyperParameters()
         hypermodel.declare_hyperparameters(space)
         for index in range(trials):
@@ -87,7 +86,6 @@ def run_mode(mode, data, work, trials):
             trial.training.run_dir = os.path.join(work, "plain", f"run{index}")
             training.run(trial, progress=False)
             readings.append(rss_mb())
-        del oracle
     print(json.dumps(readings))
 
 

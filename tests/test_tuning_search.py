@@ -61,7 +61,8 @@ def frozen_blocks(model):
 
 
 def dropout_rate(model):
-    rates = [layer.rate for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in model._flatten_layers()
+             if isinstance(layer, keras.layers.Dropout)]
     assert len(rates) == 1
     return rates[0]
 

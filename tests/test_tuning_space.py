@@ -10,7 +10,7 @@ import pytest
 
 from kmedimg.tuning import distributed, project, results
 from kmedimg.tuning.hypermodel import scale_epochs
-from kmedimg.tuning.search_space import FloatRange, IntRange, SearchSpace, TuneSettings
+from kmedimg.tuning.search_space import FloatRange, IntRange, TuneSettings
 from kmedimg.tuning.table import TrialTable
 from kmedimg.tuning.tuners import get_tuner_class, list_tuners
 
@@ -52,7 +52,8 @@ def test_recipe_files_tune_section_is_checked_when_loaded(tmp_path):
     assert settings.tuner == "grid" and settings.search_space.dropout is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("tune: {search_space: {dropout: [0.1, 1.5]}}\n")
-    with pytest.raises(ValueError, match=r"tune.search_space.dropout in .*bad.yaml: must lie in \[0, 1\)"):
+    message = r"tune.search_space.dropout in .*bad.yaml: must lie in \[0, 1\)"
+    with pytest.raises(ValueError, match=message):
         load_config(bad)
 
 

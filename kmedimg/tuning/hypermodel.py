@@ -131,7 +131,9 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         elif not isinstance(search_space, SearchSpace):
             search_space = TuneSettings.from_dict({"search_space": search_space}).search_space
         if not isinstance(objective, str) or not objective:
-            raise ValueError(f"`objective` must be a metric name. Received: objective={objective!r}")
+            raise ValueError(
+                f"`objective` must be a metric name. Received: objective={objective!r}"
+            )
         self.config = config
         self.manifest = manifest
         self.search_space = search_space

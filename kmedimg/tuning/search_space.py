@@ -243,7 +243,8 @@ def _float_range(key, value, source, log, default_step=None):
     try:
         low, high = float(value["min"]), float(value["max"])
     except (KeyError, TypeError, ValueError):
-        raise _error(f"search_space.{key}", "needs numeric `min` and `max`.", value, source) from None
+        raise _error(f"search_space.{key}", "needs numeric `min` and `max`.", value,
+                     source) from None
     step = value.get("step", default_step)
     if step is not None:
         step = float(step)

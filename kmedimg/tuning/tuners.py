@@ -17,7 +17,6 @@ import keras_tuner
 from kmedimg.tuning import distributed
 from kmedimg.tuning import project as project_module
 from kmedimg.tuning.search_space import TuneSettings
-from kmedimg.tuning.table import TrialTable
 
 TUNERS = {}
 
