@@ -73,7 +73,12 @@ def make_predict_fn(model, tta="none"):
 def _compile_predict_fn(model, tta):
     import tensorflow as tf
 
+    # The cache above is keyed weakly by the model; a function holding the model
+    # itself would keep every evaluated model (and its graphs) alive forever.
+    model_ref = weakref.ref(model)
+
     def predict(images):
+        model = model_ref()
         if tta == "none":
             return tf.cast(model(images, training=False), tf.float32)
         views = tta_views(images, tta)
