@@ -136,9 +136,15 @@ def test_search_values_reach_each_trial_and_the_best_recipe_reproduces(phantoms,
         "tuner": "random", "max_trials": 2, "seed": 3, "isolate_trials": False,
         "search_space": {"learning_rate": [1e-3, 3e-2], "freeze_depth": {"min": 0}}})))
     config = load_config(path)
+    # Models other tests keep (fixtures, module state) are not this search's doing.
+    gc.collect()
+    before = {id(obj) for obj in gc.get_objects() if isinstance(obj, keras.Model)}
     result = run_search(config, settings=settings_for(config), recipe_path=str(path))
     gc.collect()
-    alive = [obj for obj in gc.get_objects() if isinstance(obj, keras.Model)]
+    alive = [
+        obj for obj in gc.get_objects()
+        if isinstance(obj, keras.Model) and id(obj) not in before
+    ]
     assert not alive, f"models left alive after the search: {alive}"
 
     with open(result.trials_csv) as handle:
