@@ -32,8 +32,34 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for entry in SUBCOMMANDS:
         module_name, function_name = entry.split(":")
-        getattr(importlib.import_module(module_name), function_name)(subparsers)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            _add_unavailable_command(subparsers, entry, error)
+            continue
+        getattr(module, function_name)(subparsers)
     return parser
+
+
+# Optional extras a subcommand may need, by the package that failed to import.
+_EXTRAS = {"keras_tuner": "tune", "tensorboard": "tune", "matplotlib": "report",
+           "pydicom": "dicom", "nibabel": "nifti"}
+
+
+def _add_unavailable_command(subparsers, entry, error):
+    """Keeps a subcommand whose optional dependency is missing visible, with the fix."""
+    command = entry.split(":")[1].replace("add_", "").replace("_command", "")
+    missing = getattr(error, "name", None) or str(error)
+    extra = _EXTRAS.get(str(missing).split(".")[0])
+    hint = f"pip install 'kmedimg[{extra}]'" if extra else "reinstall kmedimg"
+    message = f"needs the missing package {missing!r}: {hint}"
+
+    def handler(args):
+        raise ValueError(message)
+
+    parser = subparsers.add_parser(command, help=f"(unavailable: {message})")
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=handler)
 
 
 def main(argv=None):
