@@ -346,12 +346,8 @@ class NiftiSource:
     def from_spec(cls, spec, **options):
         return cls(spec, **options)
 
-    @staticmethod
-    def check_options(options, out_dir):
-        """Called by `kmedimg convert` before converting: the salt must live outside OUT."""
-        salt_file = options.get("salt_file") or privacy.DEFAULT_SALT_FILE
-        if options.get("salt") is None:
-            privacy.check_salt_outside(salt_file, out_dir)
+    # Called by `kmedimg convert` before converting: the salt must live outside OUT.
+    check_options = staticmethod(privacy.check_salt_options)
 
     @staticmethod
     def sniff(spec):

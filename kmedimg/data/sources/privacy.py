@@ -115,3 +115,15 @@ def silenced(*logger_names):
     finally:
         for logger, state in zip(loggers, previous):
             logger.disabled = state
+
+
+def check_salt_options(options, out_dir):
+    """Refuses a salt file inside the output directory unless an explicit salt is given.
+
+    Args:
+        options: the importer's keyword options (`salt`, `salt_file`).
+        out_dir: the conversion's output directory.
+    """
+    salt_file = options.get("salt_file") or DEFAULT_SALT_FILE
+    if options.get("salt") is None:
+        check_salt_outside(salt_file, out_dir)
