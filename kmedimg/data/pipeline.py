@@ -13,14 +13,13 @@ is what makes raw storage several times faster than decoding image files.
 """
 
 import concurrent.futures
-import hashlib
 import logging
-import os
 import warnings
 
 import tensorflow as tf
 
 from kmedimg.data import schema
+from kmedimg.data.paths import join, sha256_of
 from kmedimg.data.decoder import RecordDecoder
 from kmedimg.data.parser import RecordParser
 
@@ -29,12 +28,6 @@ logger = logging.getLogger(__name__)
 #: Upper bound on the memory a default shuffle buffer may hold.
 _SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
 _DEFAULT_SHUFFLE_RECORDS = 2048
-
-
-def _join(directory, name):
-    if "://" in str(directory):
-        return str(directory).rstrip("/") + "/" + name
-    return os.path.join(directory, name)
 
 
 def read_manifest(path):
@@ -55,7 +48,7 @@ def read_manifest(path):
         manifest_path = path
         directory = path[: -len(schema.MANIFEST_NAME)].rstrip("/") or "."
     else:
-        manifest_path = _join(path, schema.MANIFEST_NAME)
+        manifest_path = join(path, schema.MANIFEST_NAME)
         directory = path
     if not tf.io.gfile.exists(manifest_path):
         hint = (
@@ -88,13 +81,13 @@ def _as_manifest(path_or_manifest):
 def _split_info(manifest, split):
     if split not in manifest.splits:
         raise ValueError(
-            f"{_join(manifest.directory, schema.MANIFEST_NAME)}: no split {split!r}; "
+            f"{join(manifest.directory, schema.MANIFEST_NAME)}: no split {split!r}; "
             f"available splits: {sorted(manifest.splits)}. Received: split={split!r}"
         )
     info = manifest.splits[split]
     if not info.shards or info.count == 0:
         raise ValueError(
-            f"{_join(manifest.directory, schema.MANIFEST_NAME)}: split {split!r} is "
+            f"{join(manifest.directory, schema.MANIFEST_NAME)}: split {split!r} is "
             f"empty. Received: split={split!r}"
         )
     return info
@@ -104,7 +97,7 @@ def _check_shard_sizes(manifest, shards):
     """Stats every shard (in parallel: gs:// stats are slow) against the manifest."""
 
     def check(shard):
-        path = _join(manifest.directory, shard.path)
+        path = join(manifest.directory, shard.path)
         try:
             length = tf.io.gfile.stat(path).length
         except tf.errors.NotFoundError:
@@ -141,17 +134,11 @@ def verify(path_or_manifest, splits=None):
         info = _split_info(manifest, name)
         _check_shard_sizes(manifest, info.shards)
         for shard in info.shards:
-            shard_path = _join(manifest.directory, shard.path)
-            digest = hashlib.sha256()
-            with tf.io.gfile.GFile(shard_path, "rb") as handle:
-                while True:
-                    chunk = handle.read(8 * 1024 * 1024)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-            if digest.hexdigest() != shard.sha256:
+            shard_path = join(manifest.directory, shard.path)
+            actual = sha256_of(shard_path)
+            if actual != shard.sha256:
                 raise ValueError(
-                    f"shard {shard_path}: sha256 {digest.hexdigest()} does not match the "
+                    f"shard {shard_path}: sha256 {actual} does not match the "
                     f"manifest's {shard.sha256}; the file is corrupt or was replaced."
                 )
     return manifest
@@ -308,7 +295,7 @@ def load(
     if check_files:
         _check_shard_sizes(manifest, info.shards)
 
-    files = [_join(manifest.directory, shard.path) for shard in info.shards]
+    files = [join(manifest.directory, shard.path) for shard in info.shards]
     expected = tf.constant([int(shard.records) for shard in info.shards], tf.int64)
     mode = sharding_mode(len(files), input_context)
     per_replica_batch = batch_size

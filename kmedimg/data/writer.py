@@ -28,11 +28,9 @@ output path goes through `tf.io.gfile`, so `out_dir` may be local or `gs://`.
 import collections
 import csv
 import dataclasses
-import hashlib
 import io
 import logging
 import math
-import os
 import re
 import sys
 import uuid
@@ -40,6 +38,7 @@ import uuid
 import numpy as np
 
 from kmedimg.data import schema
+from kmedimg.data.paths import join, sha256_of
 from kmedimg.data.sources.base import Item, Rejected
 from kmedimg.data.splits import check_fractions, plan_splits
 
@@ -149,25 +148,6 @@ def _shard_count(records, estimated_bytes, requested, split):
     return max(1, by_size, min(records, MIN_SHARDS_PER_SPLIT))
 
 
-def _sha256_of(path):
-    import tensorflow as tf
-
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        while True:
-            chunk = handle.read(8 * 1024 * 1024)
-            if not chunk:
-                break
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _join(directory, name):
-    return directory.rstrip("/") + "/" + name if "://" in directory else os.path.join(
-        directory, name
-    )
-
-
 class _Progress:
     """Progress reporting: `True` draws a bar on stderr, a callable gets (done, total)."""
 
@@ -275,7 +255,7 @@ def write_dataset(
             f"Received: class_names={class_names}"
         )
     out_dir = str(out_dir)
-    manifest_path = _join(out_dir, schema.MANIFEST_NAME)
+    manifest_path = join(out_dir, schema.MANIFEST_NAME)
     old_manifest = None
     if tf.io.gfile.exists(manifest_path):
         if not overwrite:
@@ -445,7 +425,7 @@ def write_dataset(
             shard_plan[entry.position] = (name, rank * count // len(entries))
 
     # ---- pass 2: write --------------------------------------------------------------
-    temp_dir = _join(out_dir, f".incomplete-{uuid.uuid4().hex[:12]}")
+    temp_dir = join(out_dir, f".incomplete-{uuid.uuid4().hex[:12]}")
     tf.io.gfile.makedirs(temp_dir)
     options = tf.io.TFRecordOptions(compression_type="" if compression == "NONE" else compression)
     # One open writer per split: shards are contiguous blocks of the split's records in
@@ -461,7 +441,7 @@ def write_dataset(
         if current is None or current[0] != index:
             if current is not None:
                 current[1].close()
-            path = _join(temp_dir, schema.shard_name(split, index, shard_counts[split]))
+            path = join(temp_dir, schema.shard_name(split, index, shard_counts[split]))
             writers[split] = (index, tf.io.TFRecordWriter(path, options))
         return writers[split][1]
 
@@ -523,16 +503,16 @@ def write_dataset(
             shards = []
             for index in range(shard_counts[name]):
                 file_name = schema.shard_name(name, index, shard_counts[name])
-                temp_path = _join(temp_dir, file_name)
+                temp_path = join(temp_dir, file_name)
                 shards.append(
                     schema.ShardInfo(
                         path=file_name,
                         records=records_in_shard[(name, index)],
-                        sha256=_sha256_of(temp_path),
+                        sha256=sha256_of(temp_path),
                         bytes=tf.io.gfile.stat(temp_path).length,
                     )
                 )
-                tf.io.gfile.rename(temp_path, _join(out_dir, file_name), overwrite=True)
+                tf.io.gfile.rename(temp_path, join(out_dir, file_name), overwrite=True)
             splits[name] = schema.SplitInfo(
                 count=len(entries),
                 class_counts={n: class_counts[n] for n in class_names},
@@ -549,10 +529,10 @@ def write_dataset(
         csv_writer = csv.writer(buffer, lineterminator="\n")
         csv_writer.writerow(["source", "reason"])
         csv_writer.writerows(rejected_rows)
-        rejected_temp = _join(temp_dir, schema.REJECTED_NAME)
+        rejected_temp = join(temp_dir, schema.REJECTED_NAME)
         with tf.io.gfile.GFile(rejected_temp, "w") as handle:
             handle.write(buffer.getvalue())
-        tf.io.gfile.rename(rejected_temp, _join(out_dir, schema.REJECTED_NAME), overwrite=True)
+        tf.io.gfile.rename(rejected_temp, join(out_dir, schema.REJECTED_NAME), overwrite=True)
 
         written = sum(split.count for split in splits.values())
         reason_counts = collections.Counter(reason for _, reason in rejected_rows)
@@ -616,7 +596,7 @@ def write_dataset(
             duplicates=duplicates,
         )
         manifest.validate(manifest_path)
-        manifest_temp = _join(temp_dir, schema.MANIFEST_NAME)
+        manifest_temp = join(temp_dir, schema.MANIFEST_NAME)
         with tf.io.gfile.GFile(manifest_temp, "w") as handle:
             handle.write(manifest.to_json())
         tf.io.gfile.rename(manifest_temp, manifest_path, overwrite=True)
@@ -634,7 +614,7 @@ def write_dataset(
         new_files = {shard.path for split in splits.values() for shard in split.shards}
         for split in old_manifest.splits.values():
             for shard in split.shards:
-                path = _join(out_dir, shard.path)
+                path = join(out_dir, shard.path)
                 if shard.path not in new_files and tf.io.gfile.exists(path):
                     tf.io.gfile.remove(path)
     manifest.directory = out_dir
