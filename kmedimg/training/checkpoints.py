@@ -193,7 +193,9 @@ def _replay(callback, model, rows, monitor):
     model.stop_training = False
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+class _ReplaysCounters:
+    """Mixin: after the callback's own reset, replays the history rows of a resumed run."""
+
     def __init__(self, previous_rows, **kwargs):
         super().__init__(**kwargs)
         self.previous_rows = previous_rows
@@ -203,14 +205,12 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         _replay_counters(self, self.previous_rows)
 
 
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    def __init__(self, previous_rows, **kwargs):
-        super().__init__(**kwargs)
-        self.previous_rows = previous_rows
+class ResumableEarlyStopping(_ReplaysCounters, keras.callbacks.EarlyStopping):
+    pass
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        _replay_counters(self, self.previous_rows)
+
+class ResumableReduceLROnPlateau(_ReplaysCounters, keras.callbacks.ReduceLROnPlateau):
+    pass
 
 
 def _replay_counters(callback, rows):
