@@ -16,11 +16,16 @@ error elsewhere. What DCMTK returns is a rendering, not pydicom's `pixel_array`:
 
 - signed data (Pixel Representation 1) comes out shifted by `2**(BitsStored - 1)`;
   `decode_frames` shifts it back and returns pydicom's signed dtype;
-- a modality rescale (Rescale Slope/Intercept, Modality LUT) is applied by DCMTK in its
-  own representation (CT_small.dcm: `2 * stored + 65536`), PALETTE COLOR is rendered
-  to RGB and YBR colour is converted with DCMTK's own rounding: those frames are
-  refused (`TfioDecodeError`) rather than guessed, and `compare_with_pydicom` records
-  which files match pydicom bit for bit (`python -m kmedimg.data.sources.dicom_tfio`).
+- refused (`TfioDecodeError`) because DCMTK's output differs from pydicom's on
+  pydicom-data: a modality rescale or Modality LUT (applied in DCMTK's own
+  representation, e.g. CT_small.dcm comes out as `2 * stored + 65536`), MONOCHROME1
+  (inverted), PALETTE COLOR (rendered to RGB), YBR colour (7 of 12 decodable files off
+  by 1-5), burnt-in overlay planes, 32-bit Explicit VR Big Endian (misread).
+
+On pydicom-data (pydicom 3.0.2 + pylibjpeg, TF 2.16.2, tensorflow-io 0.37.1) 78 files
+match pydicom bit for bit, 5 lossy JPEG files differ by 1 (DCMTK's IJG decoder rounds
+differently), 3 fail in DCMTK, 69 are refused: `compare_with_pydicom` and
+`python -m kmedimg.data.sources.dicom_tfio` print that table.
 """
 
 import numpy as np
@@ -63,7 +68,6 @@ def load_tfio():
         ) from error
     try:
         # tensorflow_io loads libtensorflow_io.so lazily: touch an op to load it now.
-        tfio.image.decode_dicom_image  # noqa: B018
         from tensorflow_io.python.ops import core_ops
 
         core_ops.io_decode_dicom_image  # noqa: B018
@@ -165,9 +169,11 @@ def decode_frames(data, ds, indices=None):
     count = values.shape[0]
     if indices is None:
         indices = range(count)
-    for index in indices:
-        if not 0 <= index < count:
-            raise TfioDecodeError(f"frame {index} is not in the {count} decoded frames")
+    indices = list(indices)
+    if any(not 0 <= index < count for index in indices):
+        raise ValueError(
+            f"`indices` must be frame numbers in 0..{count - 1}. Received: indices={indices}"
+        )
     return [values[index] for index in indices]
 
 
