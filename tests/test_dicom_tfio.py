@@ -88,8 +88,12 @@ def test_refused_with_versions_when_the_kernels_do_not_load(monkeypatch):
 
     fake = types.ModuleType("tensorflow_io")
     fake.__version__ = "0.37.1"
-    fake.image = Ops("tensorflow_io.image")
+    fake.__path__ = []
+    ops = types.ModuleType("tensorflow_io.python.ops")
+    ops.core_ops = Ops("tensorflow_io.python.ops.core_ops")
     monkeypatch.setitem(sys.modules, "tensorflow_io", fake)
+    monkeypatch.setitem(sys.modules, "tensorflow_io.python", types.ModuleType("python"))
+    monkeypatch.setitem(sys.modules, "tensorflow_io.python.ops", ops)
     with pytest.raises(ImportError) as caught:
         dicom_tfio.decode_frames(b"", None)
     message = str(caught.value)
