@@ -409,19 +409,6 @@ def test_tfds_spec_split_mapping_and_example_conversion():
                                     ["a", "b"], "binary")
 
 
-def test_tfds_reads_a_prepared_dataset_offline(tmp_path):
-    # Runs where the optional [tfds] extra is installed; DummyMnist is generated locally.
-    tfds = pytest.importorskip("tensorflow_datasets")
-    builder = tfds.testing.DummyMnist(data_dir=str(tmp_path))
-    builder.download_and_prepare()
-    source = TfdsSource("tfds:dummy_mnist", data_dir=str(tmp_path))
-    items = list(source)
-    assert {item.split for item in items} == {"train", "test"}
-    assert len(items) == sum(s.num_examples for s in builder.info.splits.values())
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        TfdsSource("tfds:mnist", data_dir=str(tmp_path / "empty"))
-
-
 def test_registry_detection_and_errors(tmp_path):
     assert {"folder", "csv", "npz", "tfds", "synthetic"} <= set(list_sources())
     (tmp_path / "a").mkdir()

@@ -4,6 +4,7 @@
 only when a `TfdsSource` is created.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -88,8 +89,13 @@ def map_splits(available, splits=None):
     return list(splits.items())
 
 
-def example_to_item(example, index, tfds_split, split, image_key, label_key, class_names, task):
-    """Turns one numpy TFDS example (a dict) into an `Item`."""
+def example_to_item(example, index, tfds_split, split, image_key, label_key, class_names, task,
+                    label_indices=False):
+    """Turns one numpy TFDS example (a dict) into an `Item`.
+
+    `label_indices=True` (a Sequence of ClassLabel) reads a multi-label value as class
+    indices; otherwise a bool or 0/1 vector as long as `class_names` is multi-hot.
+    """
     for key in (image_key, label_key):
         if key not in example:
             raise ValueError(
@@ -104,7 +110,9 @@ def example_to_item(example, index, tfds_split, split, image_key, label_key, cla
         )
     label = np.asarray(example[label_key])
     if task == "multilabel":
-        if label.dtype == np.bool_ or (label.ndim == 1 and len(label) == len(class_names)
+        if label_indices:
+            names = tuple(class_names[int(k)] for k in np.atleast_1d(label))
+        elif label.dtype == np.bool_ or (label.ndim == 1 and len(label) == len(class_names)
                                        and set(np.unique(label)) <= {0, 1}):
             names = tuple(class_names[k] for k in np.flatnonzero(label))
         else:
@@ -121,14 +129,29 @@ def example_to_item(example, index, tfds_split, split, image_key, label_key, cla
 
 def _class_names_of(feature):
     """`(class_names, task)` from a ClassLabel or a Sequence of ClassLabel feature."""
+    # First: a tfds Sequence forwards `.names` to its inner ClassLabel.
+    inner_names = getattr(getattr(feature, "feature", None), "names", None)
+    if inner_names:
+        return list(inner_names), "multilabel"
     names = getattr(feature, "names", None)
     if names:
         return list(names), ("binary" if len(names) == 2 else "multiclass")
-    inner = getattr(feature, "feature", None)
-    inner_names = getattr(inner, "names", None)
-    if inner_names:
-        return list(inner_names), "multilabel"
     return None, None
+
+
+@contextlib.contextmanager
+def _gcs_disabled(tfds):
+    """TFDS's own switch against reaching gs://tfds-data (already on in tfds >= 4.9.x)."""
+    gcs_utils = getattr(getattr(getattr(tfds, "core", None), "utils", None), "gcs_utils", None)
+    if gcs_utils is None or not hasattr(gcs_utils, "_is_gcs_disabled"):
+        yield
+        return
+    previous = gcs_utils._is_gcs_disabled
+    gcs_utils._is_gcs_disabled = True
+    try:
+        yield
+    finally:
+        gcs_utils._is_gcs_disabled = previous
 
 
 @register_source("tfds")
@@ -179,8 +202,10 @@ class TfdsSource:
         tfds = import_tfds()
         import tensorflow as tf
 
+        offline = contextlib.nullcontext() if self.download else _gcs_disabled(tfds)
         try:
-            builder = tfds.builder(self.name, data_dir=self.data_dir)
+            with offline:
+                builder = tfds.builder(self.name, data_dir=self.data_dir, try_gcs=False)
         except Exception as error:  # DatasetNotFoundError and friends
             raise ValueError(
                 f"TFDS cannot find dataset {self.name!r} (data_dir={self.data_dir!r}): {error}"
@@ -203,6 +228,7 @@ class TfdsSource:
                 f"label_key={label_key!r}"
             )
         detected, task = _class_names_of(features[label_key])
+        self._label_indices = task == "multilabel"
         if class_names is None:
             class_names = detected
         if class_names is None:
@@ -229,7 +255,7 @@ class TfdsSource:
             for index, example in enumerate(tfds.as_numpy(dataset)):
                 yield example_to_item(
                     example, index, tfds_split, split, self.image_key, self.label_key,
-                    self.class_names, self.task,
+                    self.class_names, self.task, label_indices=self._label_indices,
                 )
 
     def describe(self):
