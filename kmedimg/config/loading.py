@@ -6,32 +6,24 @@ allowed values (`kmedimg.core.validation`); the `recipe:` section is checked aga
 the recipe's factory and the `tune:` section against `TuneSettings`.
 """
 
+import dataclasses
 import os
+import typing
 
 import yaml
 
 from kmedimg.config.overrides import apply_overrides
 from kmedimg.config.recipe_config import RecipeConfig
-from kmedimg.config.sections import (
-    CLASS_WEIGHTS,
-    DataConfig,
-    DistributeConfig,
-    EvaluationConfig,
-    ModelConfig,
-    RecipeSection,
-    TrainingConfig,
-)
+from kmedimg.config.sections import CLASS_WEIGHTS, RecipeSection
 from kmedimg.config.tune import TuneSettings
 from kmedimg.core import run_directory
 from kmedimg.core.validation import check_choice, check_keys, check_type, error, from_mapping
 from kmedimg.recipes import get_recipe, list_recipes
 
+# The sections that are plain dataclasses (`recipe` and `tune` have their own checks).
 _SECTIONS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-    "distribute": DistributeConfig,
-    "evaluation": EvaluationConfig,
+    name: section for name, section in typing.get_type_hints(RecipeConfig).items()
+    if dataclasses.is_dataclass(section) and name != "recipe"
 }
 
 
