@@ -19,7 +19,7 @@ optimizer = make_optimizer("adamw", 1e-4, weight_decay=1e-4,
 
 import keras
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+from kmedimg.core.vocabulary import OPTIMIZERS
 
 
 class _LearningRateMultipliers:

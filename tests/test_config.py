@@ -1,6 +1,9 @@
 """Recipe files: strict YAML loading, named errors, overrides, and every shipped recipe."""
 
+import dataclasses
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -54,7 +57,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("distribute: {kind: gpus}\n", ["`distribute.kind`", "'multiworker'", "gpus"]),
         ("recipe: {name: two_stages}\n", ["`recipe.name`", "'two_stage'", "two_stages"]),
         ("recipe: {name: two_stage, freeze: 3}\n",
-         ["recipe.yaml", "section `recipe`", "no option `freeze`", "freeze_depth"]),
+         ["recipe.yaml", "section `recipe`", "unknown option `freeze`", "freeze_depth"]),
         ("recipe: {name: two_stage, head_epochs: 2.5}\n", ["option `head_epochs`", "type int"]),
         ("recipe: {name: two_stage, freeze_depth: all}\n", ["feature_extractor"]),
         ("training: {class_weight: sometimes}\n", ["`training.class_weight`", "'balanced'"]),
@@ -103,17 +106,42 @@ def test_overrides_are_typed_and_checked(tmp_path):
 def test_strategy_kinds_match_distribute():
     from kmedimg import distribute
 
-    field = {f.name: f for f in config_lib.dataclasses.fields(config_lib.DistributeConfig)}["kind"]
+    field = {f.name: f for f in dataclasses.fields(config_lib.DistributeConfig)}["kind"]
     assert set(field.metadata["choices"]) == set(distribute.STRATEGY_KINDS)
 
 
 def test_tune_section_is_checked_by_the_tuner_settings(tmp_path):
-    pytest.importorskip("keras_tuner")
     path = _write(tmp_path, "tune: {tuner: random, max_trails: 3}\n")
-    with pytest.raises(ValueError, match="max_trails"):
+    with pytest.raises(ValueError, match="max_trails.*Did you mean `max_trials`"):
         load_config(path)
     ok = load_config(_write(tmp_path, "tune: {tuner: random, max_trials: 3}\n", "ok.yaml"))
     assert ok.tune == {"tuner": "random", "max_trials": 3}
+
+
+def test_tune_section_is_checked_without_keras_tuner(tmp_path):
+    """The `[tune]` extra is needed to search, not to find a typo in `tune:`."""
+    path = _write(tmp_path, "tune: {tuner: random, search_space: {learning_rat: [0.1, 1]}}\n")
+    script = (
+        "import sys; sys.modules['keras_tuner'] = None\n"
+        "from kmedimg.config import load_config\n"
+        f"try:\n    load_config({str(path)!r})\n"
+        "except ValueError as error:\n    print(error)\n"
+        "assert 'keras_tuner' not in sys.modules or sys.modules['keras_tuner'] is None\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True).stdout
+    assert "tune.search_space.learning_rat" in output and "learning_rate" in output, output
+
+
+def test_config_imports_nothing_above_it():
+    script = (
+        "import sys, kmedimg.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('kmedimg.tuning', "
+        "'kmedimg.training', 'kmedimg.evaluation', 'keras_tuner'))))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "[]", output
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.name)

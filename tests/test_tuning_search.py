@@ -125,7 +125,8 @@ def test_backbone_and_recipe_choices_condition_freeze_depth(phantoms, tmp_path):
     trial = hypermodel.trial_config(values)
     assert trial.recipe.name == "from_scratch" and trial.model.augmentation is None
     assert trial.recipe.options["epochs"] == 2  # scaled to the base recipe's 1 + 1 epochs
-    with pytest.raises(ValueError, match="unknown backbone.*Received: backbone='resnet9'"):
+    # Checked when the recipe file is read (the hypermodel gets a validated space).
+    with pytest.raises(ValueError, match="backbone.*Received: tune.search_space.backbone='resnet9'"):
         ClassifierHyperModel(config_from_dict(recipe(phantoms, tmp_path, tune={
             "search_space": {"backbone": ["resnet9"]}})))
 

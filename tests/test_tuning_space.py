@@ -9,8 +9,8 @@ import keras_tuner
 import pytest
 
 from kmedimg.tuning import distributed, project, results
-from kmedimg.tuning.hypermodel import scale_epochs
-from kmedimg.tuning.search_space import FloatRange, IntRange, TuneSettings
+from kmedimg.tuning import scale_epochs
+from kmedimg.config import TUNER_NAMES, FloatRange, IntRange, SearchSpace, TuneSettings
 from kmedimg.tuning.table import TrialTable
 from kmedimg.tuning.tuners import get_tuner_class, list_tuners
 
@@ -52,7 +52,7 @@ def test_recipe_files_tune_section_is_checked_when_loaded(tmp_path):
     assert settings.tuner == "grid" and settings.search_space.dropout is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("tune: {search_space: {dropout: [0.1, 1.5]}}\n")
-    message = r"tune.search_space.dropout in .*bad.yaml: must lie in \[0, 1\)"
+    message = r"bad.yaml: key `tune.search_space.dropout` must be a range in \[0, 1\)"
     with pytest.raises(ValueError, match=message):
         load_config(bad)
 
@@ -60,22 +60,31 @@ def test_recipe_files_tune_section_is_checked_when_loaded(tmp_path):
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"tuner": "annealing"}, "allowed: hyperband, bayesian, random, grid"),
-        ({"max_trials": 0}, "max_trials"),
-        ({"search_space": {"learning_rat": [1e-4, 1e-2]}}, "unknown hyper-parameter"),
-        ({"search_space": {"learning_rate": [0.0, 1e-2]}}, "log-scale range needs min > 0"),
-        ({"search_space": {"dropout": [0.2, 1.0]}}, "must lie in [0, 1)"),
-        ({"search_space": {"freeze_depth": {"min": 3, "max": 1}}}, "min <= max"),
-        ({"search_space": {"hidden_units": [64, 64]}}, "choices repeat"),
+        ({"tuner": "annealing"}, "['hyperband', 'bayesian', 'random', 'grid']"),
+        ({"max_trials": 0}, "`tune.max_trials` must be >= 1"),
+        ({"search_space": {"learning_rat": [1e-4, 1e-2]}}, "Did you mean `learning_rate`"),
+        ({"search_space": {"learning_rate": [0.0, 1e-2]}}, "> 0 for a log-scale range"),
+        ({"search_space": {"dropout": [0.2, 1.0]}}, "must be a range in [0, 1)"),
+        ({"search_space": {"freeze_depth": {"min": 3, "max": 1}}}, "must be an int >= 3"),
+        ({"search_space": {"hidden_units": [64, 64]}}, "without repeats"),
         ({"search_space": {"dropout": {"min": 0, "max": 0.5, "stride": 1}}}, "unknown key"),
-        ({"direction": "up"}, "allowed: max, min"),
-        ({"colour": 1}, "unknown key"),
+        ({"search_space": {"backbone": ["resnet9"]}}, "Did you mean 'resnet50'"),
+        ({"search_space": {"recipe": ["two_stages"]}}, "Did you mean 'two_stage'"),
+        ({"direction": "up"}, "[None, 'max', 'min']"),
+        ({"factor": 1}, ">= 2 for Hyperband"),
+        ({"colour": 1}, "unknown key `tune.colour`"),
     ],
 )
 def test_bad_sections_name_the_key_and_the_value(raw, message):
-    with pytest.raises(ValueError, match="Received:") as error:
+    with pytest.raises(ValueError, match="^recipe.yaml: .*Received: tune.") as error:
         TuneSettings.from_dict(raw, source="recipe.yaml")
     assert message in str(error.value)
+
+
+def test_a_search_space_built_in_python_is_checked_too():
+    with pytest.raises(ValueError, match="tune.search_space.dropout.*Received"):
+        SearchSpace(dropout=FloatRange(0.0, 1.5))
+    assert SearchSpace(hidden_units=[0, 8]).hidden_units == (0, 8)
 
 
 def test_scale_epochs_keeps_proportions_and_one_epoch_per_stage():
@@ -124,8 +133,9 @@ def test_configure_role_sets_keras_tuner_environment():
 
 def test_tuner_registry_lists_the_four_strategies():
     assert list_tuners() == ["bayesian", "grid", "hyperband", "random"]
+    assert list_tuners() == sorted(TUNER_NAMES)  # what a recipe file's `tune.tuner` accepts
     assert issubclass(get_tuner_class("hyperband"), keras_tuner.Hyperband)
-    with pytest.raises(ValueError, match="Allowed: bayesian, grid, hyperband, random"):
+    with pytest.raises(ValueError, match="Registered: bayesian, grid, hyperband, random"):
         get_tuner_class("optuna")
 
 

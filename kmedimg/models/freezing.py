@@ -30,26 +30,55 @@ def backbone_blocks(model):
     return get_backbone(backbone.name).assign_blocks(backbone)
 
 
+def check_freeze_depth(freeze_depth, where=None):
+    """Validates a freeze depth: an int >= 0, a fraction in (0, 1], or `"all"`.
+
+    The rule every layer of kmedimg shares (recipe stages, the tuner, `freeze_backbone`);
+    how many blocks an int may name depends on the backbone (`resolve_freeze_depth`).
+
+    Args:
+        freeze_depth: the value to check.
+        where: what is being checked, prefixed to the error (`"Stage 'finetune'"`).
+            Defaults to `None`.
+
+    Raises:
+        ValueError: listing the allowed forms.
+    """
+    valid = (
+        freeze_depth == "all"
+        or (isinstance(freeze_depth, numbers.Integral) and not isinstance(freeze_depth, bool)
+            and freeze_depth >= 0)
+        or (isinstance(freeze_depth, numbers.Real) and not isinstance(freeze_depth, bool)
+            and not isinstance(freeze_depth, numbers.Integral) and 0.0 < freeze_depth <= 1.0)
+    )
+    if not valid:
+        subject = f"{where}: `freeze_depth`" if where else "Argument `freeze_depth`"
+        raise ValueError(
+            f"{subject} must be an int >= 0 (blocks from the stem), a fraction in (0, 1] of "
+            f"the blocks, or 'all'. Received: freeze_depth={freeze_depth!r}"
+        )
+
+
 def resolve_freeze_depth(freeze_depth, num_blocks):
-    """Turns an int, a fraction in (0, 1] or `"all"` into a number of blocks.
+    """Turns an int, a fraction in (0, 1] or `"all"` into a number of frozen blocks.
+
+    Fractions round half up and a positive fraction freezes at least the stem; an int
+    larger than `num_blocks` is an error (the recipe was written for a deeper backbone).
 
     Raises:
         ValueError: listing the allowed values.
     """
-    allowed = f"an int in [0, {num_blocks}], a float in (0, 1] or 'all'"
+    check_freeze_depth(freeze_depth)
     if freeze_depth == "all":
         return num_blocks
-    if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, numbers.Real):
-        raise ValueError(f"Argument `freeze_depth` must be {allowed}. Received: freeze_depth={freeze_depth!r}")
     if isinstance(freeze_depth, numbers.Integral):
-        if not 0 <= freeze_depth <= num_blocks:
+        if freeze_depth > num_blocks:
             raise ValueError(
-                f"Argument `freeze_depth` must be {allowed} (this backbone has {num_blocks} "
-                f"blocks). Received: freeze_depth={freeze_depth}"
+                f"Argument `freeze_depth` is larger than the backbone's {num_blocks} blocks. "
+                f"Use an int in [0, {num_blocks}], a fraction in (0, 1] or 'all'. "
+                f"Received: freeze_depth={freeze_depth}"
             )
         return int(freeze_depth)
-    if not 0.0 < freeze_depth <= 1.0:
-        raise ValueError(f"Argument `freeze_depth` must be {allowed}. Received: freeze_depth={freeze_depth}")
     # Round half up, but a positive fraction always freezes at least the stem.
     return max(1, min(num_blocks, math.floor(freeze_depth * num_blocks + 0.5)))
 

@@ -1,58 +1,25 @@
 """`ClassifierHyperModel`: a recipe file's classifier and stages, with searched values."""
 
+import contextlib
 import copy
-import inspect
-import math
-import os
 import tempfile
 
 import keras
 import keras_tuner
 
-from kmedimg import config as config_module
-from kmedimg import recipes as recipes_module
-from kmedimg.tuning.search_space import SearchSpace, TuneSettings
-
-TASKS = ("binary", "multiclass", "multilabel")
-
-
-def _is_learning_rate_option(name):
-    return name == "learning_rate" or name.endswith("_learning_rate")
-
-
-def _is_epochs_option(name):
-    return (name == "epochs" or name.endswith("_epochs")) and name != "warmup_epochs"
-
-
-def scale_epochs(options, total):
-    """Scales a recipe's epoch options (`epochs`, `*_epochs`) to sum to `total`.
-
-    Each stage keeps at least one epoch; rounding gives the leftover epochs to the
-    stages with the largest remainders, so the result is deterministic.
-    """
-    names = [name for name in options if _is_epochs_option(name)]
-    current = [options[name] for name in names]
-    if not names or sum(current) == total:
-        return dict(options)
-    if total < len(names):
-        raise ValueError(
-            f"The recipe has {len(names)} stages, so a trial needs at least {len(names)} "
-            f"epochs. Received: max_epochs={total}"
-        )
-    shares = [total * value / sum(current) for value in current]
-    scaled = [max(1, math.floor(share)) for share in shares]
-    order = sorted(range(len(names)), key=lambda i: shares[i] - math.floor(shares[i]), reverse=True)
-    index = 0
-    while sum(scaled) < total:
-        scaled[order[index % len(order)]] += 1
-        index += 1
-    while sum(scaled) > total:
-        largest = max(range(len(scaled)), key=lambda i: scaled[i])
-        scaled[largest] -= 1
-    out = dict(options, **dict(zip(names, scaled)))
-    if "warmup_epochs" in out and out["warmup_epochs"] >= min(scaled):
-        out["warmup_epochs"] = max(0, min(scaled) - 1)
-    return out
+from kmedimg import models, training
+from kmedimg.config import RecipeConfig, RecipeSection, SearchSpace, TuneSettings
+from kmedimg.data import pipeline
+from kmedimg.recipes import get_recipe, recipe_options, resolve_freeze_depth
+from kmedimg.tuning.trial_values import (
+    augmentation_for_strength,
+    clip,
+    input_shape_for,
+    is_learning_rate_option,
+    scale_epochs,
+    tidy,
+)
+from kmedimg.tuning.trials import train_trial
 
 
 class ClassifierHyperModel(keras_tuner.HyperModel):
@@ -106,7 +73,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
 
     def __init__(self, config, search_space=None, total_epochs=None, objective="val_auc",
                  manifest=None, isolate_trials=True, **kwargs):
-        if not isinstance(config, config_module.RecipeConfig):
+        if not isinstance(config, RecipeConfig):
             raise ValueError(
                 "`config` must be a kmedimg.config.RecipeConfig (use "
                 f"kmedimg.config.load_config). Received: config={type(config).__name__}"
@@ -117,8 +84,6 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
                     "No dataset: set `data.path` in the recipe or pass --data DIR. "
                     "Received: data.path=None"
                 )
-            from kmedimg.data import pipeline
-
             manifest = pipeline.read_manifest(config.data.path)
         for split in (config.data.train_split, config.data.val_split):
             if split not in manifest.splits:
@@ -129,7 +94,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         if search_space is None:
             search_space = TuneSettings.from_dict(config.tune).search_space
         elif not isinstance(search_space, SearchSpace):
-            search_space = TuneSettings.from_dict({"search_space": search_space}).search_space
+            search_space = SearchSpace.from_dict(search_space)
         if not isinstance(objective, str) or not objective:
             raise ValueError(
                 f"`objective` must be a metric name. Received: objective={objective!r}"
@@ -142,8 +107,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         self.task = manifest.task
         # Model outputs: 1 for binary, the class count otherwise.
         self.num_classes = 1 if manifest.task == "binary" else manifest.num_classes
-        self.input_shape = _input_shape(config, manifest)
-        self._check_choices()
+        self.input_shape = input_shape_for(config, manifest)
         base = self._recipe_for(config.recipe.name, config.recipe.options)
         if total_epochs is not None and (
             isinstance(total_epochs, bool) or not isinstance(total_epochs, int)
@@ -157,23 +121,6 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         self._block_counts = {}
         super().__init__(**kwargs)
 
-    def _check_choices(self):
-        from kmedimg.models import backbones
-
-        known = backbones.list_backbones()
-        for name in self.search_space.backbone or ():
-            if name not in known:
-                raise ValueError(
-                    f"tune.search_space.backbone: unknown backbone. Allowed: {known}. "
-                    f"Received: backbone={name!r}"
-                )
-        for name in self.search_space.recipe or ():
-            if name not in recipes_module.list_recipes():
-                raise ValueError(
-                    "tune.search_space.recipe: unknown recipe. Allowed: "
-                    f"{recipes_module.list_recipes()}. Received: recipe={name!r}"
-                )
-
     # -- the search space ------------------------------------------------------------
 
     def backbone_choices(self):
@@ -185,8 +132,6 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
     def num_blocks(self, backbone):
         """Number of blocks of `backbone` (stem = block 0), counted on a built model."""
         if backbone not in self._block_counts:
-            from kmedimg import models
-
             model = models.build_classifier(
                 backbone, self.num_classes, self.input_shape, weights=None, task=self.task,
                 input_dtype=self.config.model.input_dtype,
@@ -198,11 +143,11 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
 
     def _options_for(self, recipe_name):
         """The recipe file's options that `recipe_name`'s factory accepts."""
-        accepted = recipes_module.recipe_options(recipe_name)
+        accepted = recipe_options(recipe_name)
         return {k: v for k, v in self.config.recipe.options.items() if k in accepted}
 
     def _recipe_for(self, recipe_name, options):
-        return recipes_module.get_recipe(recipe_name, **options)
+        return get_recipe(recipe_name, **options)
 
     def declare_hyperparameters(self, hp):
         self._declare(hp)
@@ -228,19 +173,19 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
             ).stages[0].learning_rate
             values["learning_rate"] = hp.Float(
                 "learning_rate", space.learning_rate.min, space.learning_rate.max,
-                sampling="log", default=_clip(default, space.learning_rate),
+                sampling="log", default=clip(default, space.learning_rate),
             )
         if space.dropout is not None:
-            values["dropout"] = _tidy(hp.Float(
+            values["dropout"] = tidy(hp.Float(
                 "dropout", space.dropout.min, space.dropout.max, step=space.dropout.step,
-                default=_clip(model.dropout, space.dropout),
+                default=clip(model.dropout, space.dropout),
             ))
         if space.freeze_depth is not None:
             self._declare_freeze_depth(hp, values, backbones, recipes)
         if space.weight_decay is not None:
             values["weight_decay"] = hp.Float(
                 "weight_decay", space.weight_decay.min, space.weight_decay.max, sampling="log",
-                default=_clip(training.weight_decay or space.weight_decay.min, space.weight_decay),
+                default=clip(training.weight_decay or space.weight_decay.min, space.weight_decay),
             )
         if space.hidden_units is not None:
             choices = list(space.hidden_units)
@@ -250,10 +195,10 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
             )
         if space.augmentation_strength is not None:
             current = 1.0 if model.augmentation not in (None, False) else 0.0
-            values["augmentation_strength"] = _tidy(hp.Float(
+            values["augmentation_strength"] = tidy(hp.Float(
                 "augmentation_strength", space.augmentation_strength.min,
                 space.augmentation_strength.max, step=space.augmentation_strength.step,
-                default=_clip(float(current), space.augmentation_strength),
+                default=clip(float(current), space.augmentation_strength),
             ))
         return values
 
@@ -263,7 +208,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         # conditional on the recipes that have the option instead (Keras Tuner cannot
         # nest conditions on two parents); with both, recipes without the option
         # simply ignore the value.
-        with_depth = [r for r in recipes if "freeze_depth" in recipes_module.recipe_options(r)]
+        with_depth = [r for r in recipes if "freeze_depth" in recipe_options(r)]
         if not with_depth:
             return
         for backbone in backbones:
@@ -272,7 +217,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
             elif len(with_depth) < len(recipes):
                 scope = hp.conditional_scope("recipe", with_depth)
             else:
-                scope = _Nothing()
+                scope = contextlib.nullcontext()
             with scope:
                 value = self._freeze_depth_for(hp, backbone, values, with_depth)
             if backbone == values["backbone"] and values["recipe"] in with_depth:
@@ -285,9 +230,9 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         low = min(space.min, high)
         recipe = values["recipe"] if values["recipe"] in with_depth else with_depth[0]
         configured = self._options_for(recipe).get(
-            "freeze_depth", recipes_module.recipe_options(recipe)["freeze_depth"][1]
+            "freeze_depth", recipe_options(recipe)["freeze_depth"][1]
         )
-        default = recipes_module.resolve_freeze_depth(configured, blocks)
+        default = resolve_freeze_depth(configured, blocks)
         return hp.Int("freeze_depth", low, high, step=space.step,
                       default=min(max(default, low), high))
 
@@ -330,13 +275,13 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         backbone = values.get("backbone", self.backbone_choices()[0])
         recipe = values.get("recipe", self.recipe_choices()[0])
         options = self._options_for(recipe)
-        defaults = {k: d for k, (_, d) in recipes_module.recipe_options(recipe).items()}
+        defaults = {k: d for k, (_, d) in recipe_options(recipe).items()}
         full = dict(defaults, **options)
         if "learning_rate" in values:
             first = self._recipe_for(recipe, options).stages[0].learning_rate
             factor = values["learning_rate"] / first
             for name in full:
-                if _is_learning_rate_option(name):
+                if is_learning_rate_option(name):
                     options[name] = float(full[name] * factor)
         if "freeze_depth" in values and "freeze_depth" in full:
             options["freeze_depth"] = int(values["freeze_depth"])
@@ -346,7 +291,7 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
         if total != self._recipe_for(recipe, options).total_epochs:
             scaled = scale_epochs(full, total)
             options.update({k: v for k, v in scaled.items() if v != full.get(k)})
-        config.recipe = config_module.RecipeSection(name=recipe, options=options)
+        config.recipe = RecipeSection(name=recipe, options=options)
         config.model.backbone = backbone
         if "dropout" in values:
             config.model.dropout = float(values["dropout"])
@@ -375,8 +320,6 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         """The trial's classifier, with its first stage's freezing and optimizer."""
-        from kmedimg import training
-
         config = self.trial_config(self._declare(hp))
         recipe = self._recipe_for(config.recipe.name, config.recipe.options)
         keras.utils.set_random_seed(config.training.seed)
@@ -413,112 +356,12 @@ class ClassifierHyperModel(keras_tuner.HyperModel):
                 "kmedimg.tuning.make_tuner(...).search() (or `kmedimg tune`). Received: "
                 f"{len(args)} positional and keyword arguments {sorted(kwargs)}"
             )
-        from kmedimg import training
-
         config = self.trial_config(self._declare(hp), epochs=epochs)
         config.training.seed += execution
         config.training.run_dir = run_dir or tempfile.mkdtemp(prefix="kmedimg-trial-")
         config.training.verbose = 0
         # Trials are scored on the validation objective; intervals are for the final run.
         config.evaluation.bootstrap = 0
-        if not self.isolate_trials:
-            return history_from_rows(training.run(config, progress=False).history)
-        return history_from_rows(_run_in_child(config))
+        return train_trial(config, isolate=self.isolate_trials)
 
 
-AUGMENTATION_MAGNITUDES = ("rotation", "zoom", "translation", "contrast", "brightness",
-                           "noise_stddev")
-
-
-def augmentation_for_strength(strength, base=None):
-    """`model.augmentation` for a strength in 0..1: 0 is off, 1 the base settings.
-
-    Every magnitude of `kmedimg.layers.MedicalAugmentation` (rotation, zoom,
-    translation, contrast, brightness, noise) is the base value times `strength`; the
-    base is the recipe file's augmentation dict, or the layer's defaults.
-    """
-    from kmedimg.layers import MedicalAugmentation
-
-    strength = float(strength)
-    if strength <= 0:
-        return None
-    defaults = inspect.signature(MedicalAugmentation.__init__).parameters
-    base = dict(base) if isinstance(base, dict) else {}
-    for name in AUGMENTATION_MAGNITUDES:
-        base[name] = round(float(base.get(name, defaults[name].default)) * strength, 6)
-    return base
-
-
-def _run_in_child(config):
-    """`training.run(config)` in a child process; returns the run's history rows."""
-    import subprocess
-    import sys
-
-    from kmedimg import training
-    from kmedimg.config import save_config
-
-    run_dir = config.training.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    config_path = os.path.join(run_dir, "trial_config.yaml")
-    save_config(config, config_path)
-    log_path = os.path.join(run_dir, "trial.log")
-    # The child imports the same kmedimg as this process, installed or not.
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, KMEDIMG_TRIAL_PARENT=str(os.getpid()))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    with open(log_path, "a") as log:
-        child = subprocess.run(
-            [sys.executable, "-m", "kmedimg.tuning.trial_process", config_path],
-            stdout=log, stderr=subprocess.STDOUT, check=False, env=env,
-        )
-    if child.returncode != 0:
-        with open(log_path) as log:
-            tail = "".join(log.readlines()[-15:])
-        raise RuntimeError(
-            f"The trial in {run_dir} failed (exit code {child.returncode}); its log "
-            f"{log_path} ends:\n{tail}"
-        )
-    return training.read_history(os.path.join(run_dir, "history.csv"))
-
-
-def history_from_rows(rows):
-    """A `keras.callbacks.History` from `history.csv` rows (numeric columns only)."""
-    history = keras.callbacks.History()
-    history.history = {}
-    history.epoch = list(range(len(rows)))
-    skip = {"stage", "epoch", "global_epoch"}
-    for row in rows:
-        for name, value in row.items():
-            if name in skip or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            history.history.setdefault(name, []).append(float(value))
-    return history
-
-
-def _input_shape(config, manifest):
-    size = config.data.image_size
-    if size is None:
-        size = (manifest.height, manifest.width)
-    elif isinstance(size, int):
-        size = (size, size)
-    channels = config.data.channels or manifest.channels
-    return (int(size[0]), int(size[-1]), int(channels))
-
-
-def _tidy(value):
-    # Stepped ranges give 0.30000000000000004; the recipe file should say 0.3.
-    return None if value is None else round(float(value), 10)
-
-
-def _clip(value, value_range):
-    return float(min(max(value, value_range.min), value_range.max))
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

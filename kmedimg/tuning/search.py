@@ -6,10 +6,10 @@ import sys
 
 import yaml
 
+from kmedimg.config import TuneSettings
 from kmedimg.tuning import distributed
 from kmedimg.tuning import results as results_module
 from kmedimg.tuning.hypermodel import ClassifierHyperModel
-from kmedimg.tuning.search_space import TuneSettings
 from kmedimg.tuning.table import TrialTable
 from kmedimg.tuning.tuners import make_tuner
 

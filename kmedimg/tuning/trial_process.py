@@ -13,15 +13,17 @@ import sys
 import threading
 import time
 
-
-PARENT_ENV = "KMEDIMG_TRIAL_PARENT"
+from kmedimg import training
+from kmedimg.config import load_config
+from kmedimg.tuning.trials import PARENT_ENV
 
 
 def die_with_parent():
     """Exit when the parent process goes away (prctl on Linux, and polling).
 
     The parent passes its pid in `KMEDIMG_TRIAL_PARENT`: it may have died while this
-    process was still importing, before it could ask to be told.
+    process was still importing (TensorFlow, Keras, kmedimg), before it could ask to be
+    told.
     """
     parent = int(os.environ.get(PARENT_ENV) or os.getppid())
     try:
@@ -49,9 +51,6 @@ def main(argv=None):
         print("usage: python -m kmedimg.tuning.trial_process CONFIG.yaml", file=sys.stderr)
         return 2
     die_with_parent()
-    from kmedimg import training
-    from kmedimg.config import load_config
-
     training.run(load_config(argv[0]), progress=False)
     return 0
 

@@ -14,23 +14,23 @@ import time
 import keras
 import keras_tuner
 
+from kmedimg.config import TuneSettings
+from kmedimg.core.registry import Registry
 from kmedimg.tuning import distributed
 from kmedimg.tuning import project as project_module
-from kmedimg.tuning.search_space import TuneSettings
 
-TUNERS = {}
+TUNERS = Registry("tuner")
 
 
 def register_tuner(name):
-    """Registers a tuner class under `name`; a duplicate name raises `ValueError`."""
+    """Registers a tuner class under `name`; a duplicate name raises `ValueError`.
+
+    The `tune.tuner` key of a recipe file accepts `kmedimg.config.TUNER_NAMES`, the
+    four registered here.
+    """
 
     def decorator(cls):
-        if name in TUNERS:
-            raise ValueError(
-                f"Tuner name {name!r} is already registered to {TUNERS[name].__name__}. "
-                f"Received: name={name!r}"
-            )
-        TUNERS[name] = cls
+        TUNERS.register(name, cls)
         cls.registered_name = name
         return cls
 
@@ -39,16 +39,12 @@ def register_tuner(name):
 
 def get_tuner_class(name):
     """Returns the tuner class registered as `name`, listing the names on a miss."""
-    if name not in TUNERS:
-        raise ValueError(
-            f"Unknown tuner. Allowed: {', '.join(sorted(TUNERS))}. Received: tuner={name!r}"
-        )
-    return TUNERS[name]
+    return TUNERS.get(name)
 
 
 def list_tuners():
     """Names of the registered tuners."""
-    return sorted(TUNERS)
+    return TUNERS.names()
 
 
 class TrialHooks:
