@@ -97,3 +97,9 @@ def test_predict_explain_export_from_a_ram_run(remote_run, tmp_path):
     record = json.load(open(exported / "export.json"))
     assert record["source"] == RunDirectory(remote_dir).model_path
     assert record["check"]["max_abs_difference"] <= 1e-5
+    # Without --out the export lands next to the run, on the same file system.
+    assert cli.main(["export", remote_dir, "--format", "tflite"]) == 0
+    run = RunDirectory(remote_dir)
+    record = run.read_json(f"{RunDirectory.EXPORT}/tflite/export.json")
+    assert record["path"] == run.file(f"{RunDirectory.EXPORT}/tflite/model.tflite")
+    assert tf.io.gfile.exists(record["path"]) and record["check"]["max_abs_difference"] <= 1e-4

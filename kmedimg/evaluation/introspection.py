@@ -7,6 +7,9 @@ makes the output Dense return logits by swapping its activation during one forwa
 pass. Every such guess lives in this one module: when `kmedimg.models.ImageClassifier`
 (with `task`, `backbone`, `output_dense`, `input_dtype`) lands, this file is replaced
 by reading those attributes, and nothing else in `kmedimg.evaluation` changes.
+
+It holds two small classes (`Capture`, `Logits`, the layer patches Grad-CAM needs)
+instead of one per file: they are part of the same guesswork and go with it.
 """
 
 import keras

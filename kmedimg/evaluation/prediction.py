@@ -8,6 +8,7 @@ DICOM files read exactly as training saw them.
 Example:
 
 ```python
+from kmedimg.data.pipeline import load
 from kmedimg.evaluation import predict_dataset
 
 predictions = predict_dataset(model, load("/tmp/phantoms", "test"), tta="hflip")
