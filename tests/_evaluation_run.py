@@ -17,7 +17,9 @@ def copy_tree(source, destination):
 
     for root, _, names in os.walk(source):
         relative = os.path.relpath(root, source)
-        target = destination if relative == "." else destination.rstrip("/") + "/" + relative.replace(os.sep, "/")
+        target = destination.rstrip("/")
+        if relative != ".":
+            target += "/" + relative.replace(os.sep, "/")
         tf.io.gfile.makedirs(target)
         for name in names:
             tf.io.gfile.copy(os.path.join(root, name), target + "/" + name, overwrite=True)

@@ -79,7 +79,7 @@ def test_multiclass_matches_sklearn():
     logits = rng.normal(size=(240, 3)) + 1.5 * np.eye(3)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     result = evaluation.evaluate(labels, probs, task="multiclass", split="test", n_bootstrap=0,
-                              class_names=["a", "b", "c"])
+                                 class_names=["a", "b", "c"])
     pred = probs.argmax(axis=1)
     one_hot = np.eye(3)[labels]
     assert _value(result, "accuracy") == pytest.approx(skm.accuracy_score(labels, pred))
@@ -102,7 +102,7 @@ def test_multiclass_matches_sklearn():
     np.testing.assert_allclose([b["fraction_positive"] for b in bins], prob_true)
     # One-hot labels give the same result.
     again = evaluation.evaluate(one_hot, probs, task="multiclass", split="test", n_bootstrap=0,
-                             class_names=["a", "b", "c"])
+                                class_names=["a", "b", "c"])
     assert again["metrics"] == result["metrics"]
 
 
@@ -112,7 +112,7 @@ def test_multilabel_matches_sklearn():
     probs = 1 / (1 + np.exp(-(rng.normal(size=(200, 4)) + 2 * labels - 1)))
     threshold = evaluation.Threshold(rule="youden", values=(0.3, 0.5, 0.6, 0.4), chosen_on="val")
     result = evaluation.evaluate(labels, probs, task="multilabel", threshold=threshold,
-                              split="test", n_bootstrap=0)
+                                 split="test", n_bootstrap=0)
     pred = (probs >= np.array([0.3, 0.5, 0.6, 0.4])).astype(int)
     assert _value(result, "subset_accuracy") == pytest.approx(skm.accuracy_score(labels, pred))
     assert _value(result, "accuracy") == pytest.approx(1 - skm.hamming_loss(labels, pred))
@@ -141,7 +141,7 @@ def test_bootstrap_interval_covers_true_auc_and_sensitivity_at_nominal_rate():
         probs = 1 / (1 + np.exp(-raw))  # monotone: AUC unchanged
         threshold = evaluation.Threshold.fixed(1 / (1 + math.exp(-t)))
         result = evaluation.binary_metrics(labels, probs, threshold, split="test",
-                                        n_bootstrap=300, seed=simulation)
+                                           n_bootstrap=300, seed=simulation)
         auc, sens = result["metrics"]["roc_auc"], result["metrics"]["sensitivity"]
         covered_auc += auc["ci_low"] <= true_auc <= auc["ci_high"]
         covered_sens += sens["ci_low"] <= true_sensitivity <= sens["ci_high"]
@@ -152,9 +152,10 @@ def test_bootstrap_interval_covers_true_auc_and_sensitivity_at_nominal_rate():
 
 def test_bootstrap_is_seeded_and_interval_contains_point():
     labels, scores = _binary_arrays()
-    a = evaluation.binary_metrics(labels, scores, evaluation.Threshold.fixed(0.5), split="test", seed=3)
-    b = evaluation.binary_metrics(labels, scores, evaluation.Threshold.fixed(0.5), split="test", seed=3)
-    c = evaluation.binary_metrics(labels, scores, evaluation.Threshold.fixed(0.5), split="test", seed=4)
+    fixed = evaluation.Threshold.fixed(0.5)
+    a = evaluation.binary_metrics(labels, scores, fixed, split="test", seed=3)
+    b = evaluation.binary_metrics(labels, scores, fixed, split="test", seed=3)
+    c = evaluation.binary_metrics(labels, scores, fixed, split="test", seed=4)
     assert a == b and a != c
     for interval in a["metrics"].values():
         assert interval["ci_low"] <= interval["value"] <= interval["ci_high"]
@@ -195,7 +196,7 @@ def test_threshold_cannot_be_chosen_on_test_by_accident():
         evaluation.evaluate(labels, scores, task="binary", split="test")
     other_labels, other_scores = _binary_arrays(seed=2)
     result = evaluation.evaluate(other_labels, other_scores, task="binary", threshold=threshold,
-                              split="test", n_bootstrap=50)
+                                 split="test", n_bootstrap=50)
     assert result["threshold"]["chosen_on"] == "val"
     assert result["threshold"]["values"] == [threshold.values[0]]
 
@@ -214,8 +215,9 @@ def test_multilabel_thresholds_per_label_and_errors():
         evaluation.evaluate(labels[:, :2], probs, task="multilabel", threshold=threshold)
     with pytest.raises(ValueError, match="target"):
         evaluation.choose_threshold(labels[:, 0], probs[:, 0], rule="sensitivity")
-    result = evaluation.evaluate(labels, probs, task="multilabel", threshold=evaluation.Threshold.fixed(0.5),
-                              split="test", n_bootstrap=20)
+    result = evaluation.evaluate(labels, probs, task="multilabel",
+                                 threshold=evaluation.Threshold.fixed(0.5),
+                                 split="test", n_bootstrap=20)
     assert result["threshold"]["values"] == [0.5, 0.5, 0.5]
     json.dumps(result, allow_nan=False)
 
@@ -238,10 +240,10 @@ def test_paired_difference():
     noisy = np.clip(scores + np.random.default_rng(0).normal(0, 0.2, scores.shape), 0, 1)
     threshold = evaluation.Threshold.fixed(0.5)
     same = evaluation.paired_difference(labels, scores, scores, task="binary", threshold=threshold,
-                                     n_bootstrap=100)
+                                        n_bootstrap=100)
     assert same["difference"]["roc_auc"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     diff = evaluation.paired_difference(labels, scores, noisy, task="binary", threshold=threshold,
-                                     n_bootstrap=200)["difference"]["roc_auc"]
+                                        n_bootstrap=200)["difference"]["roc_auc"]
     expected = skm.roc_auc_score(labels, scores) - skm.roc_auc_score(labels, noisy)
     assert diff["value"] == pytest.approx(expected)
     assert diff["ci_low"] <= expected <= diff["ci_high"]

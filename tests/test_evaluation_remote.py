@@ -63,7 +63,8 @@ def test_evaluate_a_ram_run(remote_run, capsys):
     assert result["data"] == remote_data and result["model"] == run.model_path
     assert result["num_samples"] == manifest["splits"]["test"]["count"]
     assert run.read_json(RunDirectory.THRESHOLD)["chosen_on"] == "val"
-    rows = list(csv.DictReader(io.StringIO(run.read_text(RunDirectory.PREDICTIONS.format(split="test")))))
+    text = run.read_text(RunDirectory.PREDICTIONS.format(split="test"))
+    rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == result["num_samples"]
     assert "Grad-CAM" in run.read_text(RunDirectory.REPORT)
 

@@ -84,7 +84,7 @@ def test_evaluate_command_writes_metrics_predictions_and_report(run, capsys):
     labels = np.array([row["true"] == "opacity" for row in rows], int)
     probs = np.array([float(row["p_opacity"]) for row in rows])
     recomputed = evaluation.evaluate(labels, probs, task="binary", split="test", n_bootstrap=0,
-                                  threshold=evaluation.Threshold.from_dict(result["threshold"]))
+                                     threshold=evaluation.Threshold.from_dict(result["threshold"]))
     assert recomputed["metrics"]["roc_auc"]["value"] == pytest.approx(
         result["metrics"]["roc_auc"]["value"], abs=1e-9)
     with open(os.path.join(run_dir, "report.html"), encoding="utf-8") as handle:
@@ -236,15 +236,16 @@ def test_evaluate_model_on_arrays_and_refusals(run):
     _, data_dir, model = run
     images, labels = _test_images(data_dir, 32)
     result = evaluation.evaluate_model(model, (images, labels), "binary", n_bootstrap=20,
-                            class_names=["normal", "opacity"])
+                                       class_names=["normal", "opacity"])
     assert result["threshold"]["rule"] == "fixed" and result["threshold"]["values"] == [0.5]
     assert result["num_samples"] == 32 and result["timing"]["test_predict_seconds"] > 0
     expected = np.asarray(model(images, training=False))[:, 0]
     direct = evaluation.evaluate(labels, expected, task="binary", split="test", n_bootstrap=0,
-                              threshold=evaluation.Threshold.fixed(0.5))
+                                 threshold=evaluation.Threshold.fixed(0.5))
     assert result["metrics"]["roc_auc"]["value"] == pytest.approx(
         direct["metrics"]["roc_auc"]["value"], abs=1e-6)
     with pytest.raises(ValueError, match="repeats forever"):
-        evaluation.evaluate_model(model, load(data_dir, "train", batch_size=8, training=True), "binary")
+        evaluation.evaluate_model(model, load(data_dir, "train", batch_size=8, training=True),
+                                  "binary")
     with pytest.raises(ValueError, match="tta"):
         evaluation.evaluate_model(model, (images, labels), "binary", tta="rotate")

@@ -199,10 +199,10 @@ def build_report(evaluation, predictions, info=None, history=None, cam_cases=Non
     """The HTML text of the report.
 
     Args:
-        evaluation: the dict from `metrics.evaluate` / `evaluate_model`.
+        evaluation: the dict from `evaluate` / `evaluate_model`.
         predictions: `Predictions` of the evaluated split (labels, probs).
-        info: run facts from `runs.load_model_for_inference` (config, manifest, data,
-            model_summary, timing). Defaults to `None`.
+        info: run facts from `kmedimg.runs.inference.load_model_for_inference`
+            (config, manifest, data, model_summary, timing). Defaults to `None`.
         history: rows of history.csv (`RunDirectory.read_history()`). Defaults to `None`.
         cam_cases: list of dicts `group`, `image`, `heatmap`, `caption`. Defaults to `None`.
         n_bootstrap: replicates for the curve bands. Defaults to `200`.

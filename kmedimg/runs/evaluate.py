@@ -94,7 +94,8 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
     val_split = val_split or (config.get("data") or {}).get("val_split") or "val"
     _check_splits(info, split, val_split, run_dir)
     rule = threshold_rule or evaluation_config.get("threshold_rule") or "youden"
-    target = threshold_target if threshold_target is not None else evaluation_config.get("threshold_target")
+    target = (evaluation_config.get("threshold_target") if threshold_target is None
+              else threshold_target)
     n_bootstrap = evaluation_config.get("bootstrap", 1000) if n_bootstrap is None else n_bootstrap
     seed = (config.get("training") or {}).get("seed", 0) if seed is None else seed
     height, width, channels = model_input_spec(model)
