@@ -4,7 +4,7 @@ Measures, on the same records and the same model (median of `--repeats` runs):
 
 * baseline: `model.predict(load(...).map(images only))` — Keras' own loop over the
   kmedimg tf.data pipeline, probabilities only;
-* kmedimg predict: `kmedimg.evaluation.predict.predict_records` (ordered read with
+* kmedimg predict: `kmedimg.evaluation.prediction.predict_records` (ordered read with
   record ids, compiled forward pass) + writing the CSV, i.e. what `kmedimg predict
   RUN DATASET --split S --out F.csv` does after loading the model;
 * Grad-CAM and Grad-CAM++ images/s (batches of 32), occlusion images/s.
@@ -50,7 +50,10 @@ def main(argv=None):
 
     from kmedimg.data.pipeline import load, read_manifest
     from kmedimg.data.synthetic import make_phantom_dataset
-    from kmedimg.evaluation import explain, predict
+    from kmedimg import evaluation
+    from kmedimg.evaluation.gradcam import METHODS
+    from kmedimg.evaluation.prediction import predict_records
+    from kmedimg.evaluation.predictions_csv import write_predictions_csv
     from kmedimg.models import build_classifier
 
     data_dir = f"{args.data_dir}-{args.records}-{args.image_size}"
@@ -74,9 +77,9 @@ def main(argv=None):
     out = os.path.join(tempfile.mkdtemp(), "predictions.csv")
 
     def kmedimg_predict():
-        ids, labels, probs = predict.predict_records(model, data_dir, "train", args.batch_size)
-        predict.write_predictions_csv(out, ids, probs, manifest.task, manifest.class_names,
-                                      None, labels, id_column="id")
+        ids, labels, probs = predict_records(model, data_dir, "train", args.batch_size)
+        write_predictions_csv(out, ids, probs, manifest.task, manifest.class_names,
+                              None, labels, id_column="id")
         assert len(ids) == count
 
     baseline()  # warm-up: tracing, thread pools, file cache
@@ -97,14 +100,14 @@ def main(argv=None):
           f"{statistics.median(ratios):.2f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
 
     images = next(iter(load(data_dir, "train", batch_size=32)))[0].numpy()
-    for method in explain.METHODS:
-        explainer = explain.GradCam(model, method=method)
+    for method in METHODS:
+        explainer = evaluation.GradCam(model, method=method)
         explainer(images)  # trace
         seconds, _ = _median_time(lambda: explainer(images), args.repeats)
         print(f"{method:>10}: {len(images) / seconds:8.1f} images/s (batch {len(images)}, "
               f"layer {explainer.layer.name})")
     few = images[:4]
-    seconds, _ = _median_time(lambda: explain.occlusion_sensitivity(model, few), 1)
+    seconds, _ = _median_time(lambda: evaluation.occlusion_sensitivity(model, few), 1)
     print(f" occlusion: {len(few) / seconds:8.1f} images/s (patch {size // 8}, stride {size // 16})")
     forward = tf.function(lambda x: model(x, training=False))
     forward(images)

@@ -10,7 +10,28 @@ import os
 IMAGE_SIZE = 64
 
 
-def make_run(root, num_images=320, epochs=6, backbone="lenet5_modern", seed=0):
+def copy_tree(source, destination):
+    """Copies a local directory tree to `destination` (a local path or a URL such as
+    ram://...) through tf.io.gfile, as a run or dataset would sit on gs://."""
+    import tensorflow as tf
+
+    for root, _, names in os.walk(source):
+        relative = os.path.relpath(root, source)
+        target = destination.rstrip("/")
+        if relative != ".":
+            target += "/" + relative.replace(os.sep, "/")
+        tf.io.gfile.makedirs(target)
+        for name in names:
+            tf.io.gfile.copy(os.path.join(root, name), target + "/" + name, overwrite=True)
+    return destination
+
+
+def make_run(root, num_images=320, epochs=6, backbone="lenet5_modern", seed=0, data_path=None):
+    """Trains a tiny model on phantoms and writes its run directory under `root`.
+
+    `data_path` is what config.yaml stores as `data.path` (default: the absolute
+    dataset directory); returns `(run_dir, data_dir, model)`.
+    """
     import keras
 
     from kmedimg.config import DataConfig, ModelConfig, RecipeConfig
@@ -32,7 +53,7 @@ def make_run(root, num_images=320, epochs=6, backbone="lenet5_modern", seed=0):
     steps = manifest.splits["train"].count // 32
     history = model.fit(train, validation_data=val, epochs=epochs, steps_per_epoch=steps, verbose=0)
     model.save(os.path.join(run_dir, "model.keras"))
-    config = RecipeConfig(data=DataConfig(path=data_dir, image_size=IMAGE_SIZE),
+    config = RecipeConfig(data=DataConfig(path=data_path or data_dir, image_size=IMAGE_SIZE),
                           model=ModelConfig(backbone=backbone))
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())

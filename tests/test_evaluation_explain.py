@@ -5,7 +5,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from kmedimg.evaluation import explain  # noqa: E402
+from kmedimg import evaluation  # noqa: E402
+from kmedimg.evaluation import gradcam  # noqa: E402
 
 SIZE, SQUARE = 48, 10
 
@@ -56,10 +57,10 @@ def _peak_inside(heatmap, box, square=SQUARE):
     return heatmap[top:top + square, left:left + square].max() >= heatmap.max() - 1e-6
 
 
-@pytest.mark.parametrize("method", explain.METHODS)
+@pytest.mark.parametrize("method", gradcam.METHODS)
 def test_cam_peaks_inside_planted_square(trained, method):
     model, images, boxes = trained
-    explainer = explain.GradCam(model, layer="features", method=method)
+    explainer = evaluation.GradCam(model, layer="features", method=method)
     assert explainer.task == "binary"
     heatmaps, probs, explained = explainer(images, return_details=True)
     assert heatmaps.shape == images.shape[:3]
@@ -76,7 +77,7 @@ def test_cam_peaks_inside_planted_square(trained, method):
 def test_occlusion_peaks_at_square(trained):
     model, images, boxes = trained
     positives = [index for index, box in enumerate(boxes) if box][:3]
-    maps = explain.occlusion_sensitivity(model, images[positives], patch_size=8, stride=4)
+    maps = evaluation.occlusion_sensitivity(model, images[positives], patch_size=8, stride=4)
     for heat, index in zip(maps, positives):
         row, col = np.unravel_index(np.argmax(heat), heat.shape)
         top, left = boxes[index]
@@ -87,13 +88,13 @@ def test_occlusion_peaks_at_square(trained):
 def test_layer_lookup_errors_and_overlay(trained, tmp_path):
     model, images, _ = trained
     with pytest.raises(ValueError, match="tiny_backbone"):
-        explain.find_layer(model, "conv_missing")
+        gradcam.find_layer(model, "conv_missing")
     with pytest.raises(ValueError, match="method"):
-        explain.GradCam(model, layer="features", method="saliency")
+        evaluation.GradCam(model, layer="features", method="saliency")
     with pytest.raises(ValueError, match="images.shape"):
-        explain.GradCam(model, layer="features")(images[:, :32])
+        evaluation.GradCam(model, layer="features")(images[:, :32])
     # uint16-range input: the overlay shows the stored intensities.
-    path = explain.save_overlay(tmp_path / "case.png", images[1] * 257, np.random.rand(SIZE, SIZE))
+    path = evaluation.save_overlay(tmp_path / "case.png", images[1] * 257, np.random.rand(SIZE, SIZE))
     assert path.stat().st_size > 2000
     from PIL import Image
 
@@ -124,7 +125,7 @@ def test_build_classifier_backbone_layer_from_registry():
     model.fit(images, labels, epochs=5, batch_size=32, verbose=0)
     test_images, test_labels, boxes = squares(12)
     assert model.evaluate(test_images, test_labels, verbose=0)[1] >= 0.9
-    explainer = explain.GradCam(model, method="gradcam++")
+    explainer = evaluation.GradCam(model, method="gradcam++")
     assert explainer.layer.name == get_backbone("lenet5_modern").last_conv_layer
     # Receptive-field arithmetic: c5 cells sit every 4 px from pixel 15.5 (valid convs).
     assert explainer.geometry == ((15.5, 4.0), (15.5, 4.0))
@@ -143,7 +144,7 @@ def test_every_registered_backbone_has_its_grad_cam_layer():
         size = max(record.min_size, 32)
         channels = record.channels
         model = build_classifier(name, 3, (size, size, channels), task="multiclass")
-        explainer = explain.GradCam(model)
+        explainer = evaluation.GradCam(model)
         assert explainer.layer.name == record.last_conv_layer, name
         heatmaps = explainer(np.random.default_rng(0).random((1, size, size, channels)) * 255)
         assert heatmaps.shape == (1, size, size) and np.isfinite(heatmaps).all(), name

@@ -1,4 +1,4 @@
-"""kmedimg.evaluation.metrics against scikit-learn, plus bootstrap coverage and threshold rules."""
+"""kmedimg.evaluation metrics against scikit-learn, plus bootstrap coverage and threshold rules."""
 
 import json
 import math
@@ -8,7 +8,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from kmedimg.evaluation import metrics
+from kmedimg import evaluation
+from kmedimg.evaluation import kernels
 
 
 def _binary_arrays(n=300, seed=1, ties=False):
@@ -27,8 +28,8 @@ def _value(result, name):
 @pytest.mark.parametrize("ties", [False, True])
 def test_binary_point_estimates_match_sklearn(ties):
     labels, scores = _binary_arrays(ties=ties)
-    threshold = metrics.Threshold.fixed(0.42)
-    result = metrics.binary_metrics(labels, scores, threshold, split="test", n_bootstrap=0)
+    threshold = evaluation.Threshold.fixed(0.42)
+    result = evaluation.binary_metrics(labels, scores, threshold, split="test", n_bootstrap=0)
     pred = (scores >= 0.42).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, pred).ravel()
     assert _value(result, "roc_auc") == pytest.approx(skm.roc_auc_score(labels, scores))
@@ -58,9 +59,9 @@ def test_binary_point_estimates_match_sklearn(ties):
 def test_weighted_kernels_match_sklearn_sample_weight():
     # A bootstrap replicate is the same metric with integer sample weights.
     labels, scores = _binary_arrays(n=120, seed=3, ties=True)
-    weights = next(metrics.stratified_bootstrap_weights(labels, 4, seed=5))
-    auc = metrics._weighted_roc_auc(scores, labels, weights)
-    ap = metrics._weighted_average_precision(scores, labels, weights)
+    weights = next(evaluation.stratified_bootstrap_weights(labels, 4, seed=5))
+    auc = kernels.weighted_roc_auc(scores, labels, weights)
+    ap = kernels.weighted_average_precision(scores, labels, weights)
     for row in range(4):
         keep = weights[row] > 0
         w = weights[row][keep]
@@ -77,8 +78,8 @@ def test_multiclass_matches_sklearn():
     labels = rng.integers(0, 3, size=240)
     logits = rng.normal(size=(240, 3)) + 1.5 * np.eye(3)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    result = metrics.evaluate(labels, probs, task="multiclass", split="test", n_bootstrap=0,
-                              class_names=["a", "b", "c"])
+    result = evaluation.evaluate(labels, probs, task="multiclass", split="test", n_bootstrap=0,
+                                 class_names=["a", "b", "c"])
     pred = probs.argmax(axis=1)
     one_hot = np.eye(3)[labels]
     assert _value(result, "accuracy") == pytest.approx(skm.accuracy_score(labels, pred))
@@ -100,8 +101,8 @@ def test_multiclass_matches_sklearn():
     bins = [b for b in result["calibration"]["bins"] if b["count"]]
     np.testing.assert_allclose([b["fraction_positive"] for b in bins], prob_true)
     # One-hot labels give the same result.
-    again = metrics.evaluate(one_hot, probs, task="multiclass", split="test", n_bootstrap=0,
-                             class_names=["a", "b", "c"])
+    again = evaluation.evaluate(one_hot, probs, task="multiclass", split="test", n_bootstrap=0,
+                                class_names=["a", "b", "c"])
     assert again["metrics"] == result["metrics"]
 
 
@@ -109,9 +110,9 @@ def test_multilabel_matches_sklearn():
     rng = np.random.default_rng(11)
     labels = (rng.random((200, 4)) < [0.2, 0.4, 0.5, 0.1]).astype(int)
     probs = 1 / (1 + np.exp(-(rng.normal(size=(200, 4)) + 2 * labels - 1)))
-    threshold = metrics.Threshold(rule="youden", values=(0.3, 0.5, 0.6, 0.4), chosen_on="val")
-    result = metrics.evaluate(labels, probs, task="multilabel", threshold=threshold,
-                              split="test", n_bootstrap=0)
+    threshold = evaluation.Threshold(rule="youden", values=(0.3, 0.5, 0.6, 0.4), chosen_on="val")
+    result = evaluation.evaluate(labels, probs, task="multilabel", threshold=threshold,
+                                 split="test", n_bootstrap=0)
     pred = (probs >= np.array([0.3, 0.5, 0.6, 0.4])).astype(int)
     assert _value(result, "subset_accuracy") == pytest.approx(skm.accuracy_score(labels, pred))
     assert _value(result, "accuracy") == pytest.approx(1 - skm.hamming_loss(labels, pred))
@@ -138,9 +139,9 @@ def test_bootstrap_interval_covers_true_auc_and_sensitivity_at_nominal_rate():
         labels = np.r_[np.zeros(150, int), np.ones(100, int)]
         raw = rng.normal(size=250) + d * labels
         probs = 1 / (1 + np.exp(-raw))  # monotone: AUC unchanged
-        threshold = metrics.Threshold.fixed(1 / (1 + math.exp(-t)))
-        result = metrics.binary_metrics(labels, probs, threshold, split="test",
-                                        n_bootstrap=300, seed=simulation)
+        threshold = evaluation.Threshold.fixed(1 / (1 + math.exp(-t)))
+        result = evaluation.binary_metrics(labels, probs, threshold, split="test",
+                                           n_bootstrap=300, seed=simulation)
         auc, sens = result["metrics"]["roc_auc"], result["metrics"]["sensitivity"]
         covered_auc += auc["ci_low"] <= true_auc <= auc["ci_high"]
         covered_sens += sens["ci_low"] <= true_sensitivity <= sens["ci_high"]
@@ -151,9 +152,10 @@ def test_bootstrap_interval_covers_true_auc_and_sensitivity_at_nominal_rate():
 
 def test_bootstrap_is_seeded_and_interval_contains_point():
     labels, scores = _binary_arrays()
-    a = metrics.binary_metrics(labels, scores, metrics.Threshold.fixed(0.5), split="test", seed=3)
-    b = metrics.binary_metrics(labels, scores, metrics.Threshold.fixed(0.5), split="test", seed=3)
-    c = metrics.binary_metrics(labels, scores, metrics.Threshold.fixed(0.5), split="test", seed=4)
+    fixed = evaluation.Threshold.fixed(0.5)
+    a = evaluation.binary_metrics(labels, scores, fixed, split="test", seed=3)
+    b = evaluation.binary_metrics(labels, scores, fixed, split="test", seed=3)
+    c = evaluation.binary_metrics(labels, scores, fixed, split="test", seed=4)
     assert a == b and a != c
     for interval in a["metrics"].values():
         assert interval["ci_low"] <= interval["value"] <= interval["ci_high"]
@@ -162,39 +164,39 @@ def test_bootstrap_is_seeded_and_interval_contains_point():
 def test_choose_threshold_rules():
     labels, scores = _binary_arrays(n=400, seed=9)
     fpr, tpr, thresholds = skm.roc_curve(labels, scores)
-    youden = metrics.choose_threshold(labels, scores, rule="youden")
+    youden = evaluation.choose_threshold(labels, scores, rule="youden")
     assert youden.values[0] == pytest.approx(thresholds[np.argmax(tpr - fpr)])
     assert youden.chosen_on == "val" and youden.num_samples == 400
-    sens = metrics.choose_threshold(labels, scores, rule="sensitivity", target=0.95)
+    sens = evaluation.choose_threshold(labels, scores, rule="sensitivity", target=0.95)
     pred = scores >= sens.values[0]
     assert skm.recall_score(labels, pred) >= 0.95
     # The highest such threshold: one step higher misses the target.
     higher = np.unique(scores)[np.unique(scores) > sens.values[0]].min()
     assert skm.recall_score(labels, scores >= higher) < 0.95
     assert sens.achieved[0]["sensitivity"] == pytest.approx(skm.recall_score(labels, pred))
-    spec = metrics.choose_threshold(labels, scores, rule="specificity", target=0.9)
+    spec = evaluation.choose_threshold(labels, scores, rule="specificity", target=0.9)
     assert 1 - np.mean(scores[labels == 0] >= spec.values[0]) >= 0.9
-    f1 = metrics.choose_threshold(labels, scores, rule="f1")
+    f1 = evaluation.choose_threshold(labels, scores, rule="f1")
     best = max(skm.f1_score(labels, scores >= value) for value in np.unique(scores))
     assert skm.f1_score(labels, scores >= f1.values[0]) == pytest.approx(best)
-    assert metrics.Threshold.from_dict(json.loads(json.dumps(sens.to_dict()))) == sens
+    assert evaluation.Threshold.from_dict(json.loads(json.dumps(sens.to_dict()))) == sens
 
 
 def test_threshold_cannot_be_chosen_on_test_by_accident():
     labels, scores = _binary_arrays()
     with pytest.raises(ValueError, match="Received: split='test'"):
-        metrics.choose_threshold(labels, scores, split="test")
-    threshold = metrics.choose_threshold(labels, scores, split="val")
+        evaluation.choose_threshold(labels, scores, split="test")
+    threshold = evaluation.choose_threshold(labels, scores, split="val")
     with pytest.raises(ValueError, match="chosen on the 'val' split"):
-        metrics.evaluate(labels, scores, task="binary", threshold=threshold, split="val")
+        evaluation.evaluate(labels, scores, task="binary", threshold=threshold, split="val")
     # Same arrays passed off as validation: caught by the fingerprint.
     with pytest.raises(ValueError, match="same\\s+fingerprint"):
-        metrics.evaluate(labels, scores, task="binary", threshold=threshold, split="test")
+        evaluation.evaluate(labels, scores, task="binary", threshold=threshold, split="test")
     with pytest.raises(ValueError, match="threshold=None"):
-        metrics.evaluate(labels, scores, task="binary", split="test")
+        evaluation.evaluate(labels, scores, task="binary", split="test")
     other_labels, other_scores = _binary_arrays(seed=2)
-    result = metrics.evaluate(other_labels, other_scores, task="binary", threshold=threshold,
-                              split="test", n_bootstrap=50)
+    result = evaluation.evaluate(other_labels, other_scores, task="binary", threshold=threshold,
+                                 split="test", n_bootstrap=50)
     assert result["threshold"]["chosen_on"] == "val"
     assert result["threshold"]["values"] == [threshold.values[0]]
 
@@ -203,18 +205,19 @@ def test_multilabel_thresholds_per_label_and_errors():
     rng = np.random.default_rng(0)
     labels = (rng.random((150, 3)) < 0.4).astype(int)
     probs = np.clip(labels * 0.4 + rng.random((150, 3)) * 0.6, 0, 1)
-    threshold = metrics.choose_threshold(labels, probs, task="multilabel", rule="youden")
+    threshold = evaluation.choose_threshold(labels, probs, task="multilabel", rule="youden")
     assert len(threshold.values) == 3 and len(threshold.achieved) == 3
     with pytest.raises(ValueError, match="task"):
-        metrics.evaluate(labels, probs, task="multi", threshold=threshold)
+        evaluation.evaluate(labels, probs, task="multi", threshold=threshold)
     with pytest.raises(ValueError, match="probabilities in \\[0, 1\\]"):
-        metrics.evaluate(labels, probs * 3, task="multilabel", threshold=threshold)
+        evaluation.evaluate(labels, probs * 3, task="multilabel", threshold=threshold)
     with pytest.raises(ValueError, match="labels.shape"):
-        metrics.evaluate(labels[:, :2], probs, task="multilabel", threshold=threshold)
+        evaluation.evaluate(labels[:, :2], probs, task="multilabel", threshold=threshold)
     with pytest.raises(ValueError, match="target"):
-        metrics.choose_threshold(labels[:, 0], probs[:, 0], rule="sensitivity")
-    result = metrics.evaluate(labels, probs, task="multilabel", threshold=metrics.Threshold.fixed(0.5),
-                              split="test", n_bootstrap=20)
+        evaluation.choose_threshold(labels[:, 0], probs[:, 0], rule="sensitivity")
+    result = evaluation.evaluate(labels, probs, task="multilabel",
+                                 threshold=evaluation.Threshold.fixed(0.5),
+                                 split="test", n_bootstrap=20)
     assert result["threshold"]["values"] == [0.5, 0.5, 0.5]
     json.dumps(result, allow_nan=False)
 
@@ -222,25 +225,25 @@ def test_multilabel_thresholds_per_label_and_errors():
 def test_curve_band_brackets_point_curve():
     labels, scores = _binary_arrays(n=200)
     fpr, tpr, _ = skm.roc_curve(labels, scores)
-    band = metrics.curve_band(labels, scores, "roc", n_bootstrap=100)
+    band = evaluation.curve_band(labels, scores, "roc", n_bootstrap=100)
     np.testing.assert_allclose(band["value"], np.interp(band["grid"], fpr, tpr), atol=1e-9)
     assert np.all(np.array(band["low"]) <= np.array(band["value"]) + 1e-9)
     assert np.all(np.array(band["high"]) >= np.array(band["value"]) - 1e-9)
-    ours_fpr, ours_tpr, _ = metrics.roc_curve(labels, scores)
+    ours_fpr, ours_tpr, _ = evaluation.roc_curve(labels, scores)
     assert np.trapezoid(ours_tpr, ours_fpr) == pytest.approx(skm.roc_auc_score(labels, scores))
-    pr = metrics.curve_band(labels, scores, "pr", n_bootstrap=50)
+    pr = evaluation.curve_band(labels, scores, "pr", n_bootstrap=50)
     assert len(pr["value"]) == 101 and pr["value"][-1] == pytest.approx(labels.mean(), abs=0.05)
 
 
 def test_paired_difference():
     labels, scores = _binary_arrays(n=200, seed=4)
     noisy = np.clip(scores + np.random.default_rng(0).normal(0, 0.2, scores.shape), 0, 1)
-    threshold = metrics.Threshold.fixed(0.5)
-    same = metrics.paired_difference(labels, scores, scores, task="binary", threshold=threshold,
-                                     n_bootstrap=100)
+    threshold = evaluation.Threshold.fixed(0.5)
+    same = evaluation.paired_difference(labels, scores, scores, task="binary", threshold=threshold,
+                                        n_bootstrap=100)
     assert same["difference"]["roc_auc"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
-    diff = metrics.paired_difference(labels, scores, noisy, task="binary", threshold=threshold,
-                                     n_bootstrap=200)["difference"]["roc_auc"]
+    diff = evaluation.paired_difference(labels, scores, noisy, task="binary", threshold=threshold,
+                                        n_bootstrap=200)["difference"]["roc_auc"]
     expected = skm.roc_auc_score(labels, scores) - skm.roc_auc_score(labels, noisy)
     assert diff["value"] == pytest.approx(expected)
     assert diff["ci_low"] <= expected <= diff["ci_high"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from _evaluation_run import IMAGE_SIZE, make_run
-from kmedimg import cli
-from kmedimg.evaluation import export, metrics, report
-from kmedimg.evaluation.evaluate import Predictions
+from kmedimg import cli, evaluation
+from kmedimg.evaluation import export, inputs, report
+from kmedimg.evaluation.prediction import Predictions
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_evaluate_command_writes_metrics_predictions_and_report(run, capsys):
     # The written probabilities reproduce the metrics.
     labels = np.array([row["true"] == "opacity" for row in rows], int)
     probs = np.array([float(row["p_opacity"]) for row in rows])
-    recomputed = metrics.evaluate(labels, probs, task="binary", split="test", n_bootstrap=0,
-                                  threshold=metrics.Threshold.from_dict(result["threshold"]))
+    recomputed = evaluation.evaluate(labels, probs, task="binary", split="test", n_bootstrap=0,
+                                     threshold=evaluation.Threshold.from_dict(result["threshold"]))
     assert recomputed["metrics"]["roc_auc"]["value"] == pytest.approx(
         result["metrics"]["roc_auc"]["value"], abs=1e-9)
     with open(os.path.join(run_dir, "report.html"), encoding="utf-8") as handle:
@@ -103,18 +103,18 @@ def test_report_for_multiclass_and_multilabel_without_run():
     labels = rng.integers(0, 3, 90)
     logits = rng.normal(size=(90, 3)) + 2 * np.eye(3)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    evaluation = metrics.evaluate(labels, probs, task="multiclass", split="test",
-                                  class_names=["a", "b", "c"], n_bootstrap=50)
-    text = report.build_report(evaluation, Predictions(np.eye(3)[labels], probs), n_bootstrap=20)
+    result = evaluation.evaluate(labels, probs, task="multiclass", split="test",
+                                 class_names=["a", "b", "c"], n_bootstrap=50)
+    text = report.build_report(result, Predictions(np.eye(3)[labels], probs), n_bootstrap=20)
     _check_report(text)
     assert "Per class" in text
     multi = (rng.random((80, 2)) < 0.4).astype(int)
     multi_probs = np.clip(multi * 0.5 + rng.random((80, 2)) * 0.5, 0, 1)
-    evaluation = metrics.evaluate(multi, multi_probs, task="multilabel", split="test",
-                                  threshold=metrics.Threshold.fixed(0.5), n_bootstrap=50)
+    result = evaluation.evaluate(multi, multi_probs, task="multilabel", split="test",
+                                 threshold=evaluation.Threshold.fixed(0.5), n_bootstrap=50)
     cases = [{"group": "Correct", "image": rng.random((16, 16, 1)) * 65535,
               "heatmap": rng.random((16, 16)), "caption": "case"}]
-    _check_report(report.build_report(evaluation, Predictions(multi, multi_probs),
+    _check_report(report.build_report(result, Predictions(multi, multi_probs),
                                       cam_cases=cases, n_bootstrap=20))
 
 
@@ -145,8 +145,6 @@ def test_predict_command_on_files_and_records(run, tmp_path):
     manifest = json.load(open(os.path.join(data_dir, "dataset.json")))
     assert len(rows) == manifest["splits"]["val"]["count"]
     assert set(rows[0]) == {"id", "true", "p_opacity", "predicted", "decision_rule"}
-    from kmedimg.evaluation import inputs
-
     with pytest.raises(FileNotFoundError, match="no.png"):
         inputs.read_pixels(tmp_path / "no.png")
     assert cli.main(["predict", run_dir, str(tmp_path / "no.png")]) == 2
@@ -219,9 +217,9 @@ def test_export_round_trip_with_real_runtimes(run, tmp_path, format, quantize):
 def test_export_errors(run):
     run_dir, _, _ = run
     with pytest.raises(ValueError, match="quantize"):
-        export._check("savedmodel", "int8")
+        export.check_export_options("savedmodel", "int8")
     with pytest.raises(ValueError, match="format"):
-        export._check("onnx", "none")
+        export.check_export_options("onnx", "none")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "export"])
@@ -234,20 +232,20 @@ def test_command_help(command, capsys):
 
 def test_evaluate_model_on_arrays_and_refusals(run):
     from kmedimg.data.pipeline import load
-    from kmedimg.evaluation import evaluate_model
 
     _, data_dir, model = run
     images, labels = _test_images(data_dir, 32)
-    result = evaluate_model(model, (images, labels), "binary", n_bootstrap=20,
-                            class_names=["normal", "opacity"])
+    result = evaluation.evaluate_model(model, (images, labels), "binary", n_bootstrap=20,
+                                       class_names=["normal", "opacity"])
     assert result["threshold"]["rule"] == "fixed" and result["threshold"]["values"] == [0.5]
     assert result["num_samples"] == 32 and result["timing"]["test_predict_seconds"] > 0
     expected = np.asarray(model(images, training=False))[:, 0]
-    direct = metrics.evaluate(labels, expected, task="binary", split="test", n_bootstrap=0,
-                              threshold=metrics.Threshold.fixed(0.5))
+    direct = evaluation.evaluate(labels, expected, task="binary", split="test", n_bootstrap=0,
+                                 threshold=evaluation.Threshold.fixed(0.5))
     assert result["metrics"]["roc_auc"]["value"] == pytest.approx(
         direct["metrics"]["roc_auc"]["value"], abs=1e-6)
     with pytest.raises(ValueError, match="repeats forever"):
-        evaluate_model(model, load(data_dir, "train", batch_size=8, training=True), "binary")
+        evaluation.evaluate_model(model, load(data_dir, "train", batch_size=8, training=True),
+                                  "binary")
     with pytest.raises(ValueError, match="tta"):
-        evaluate_model(model, (images, labels), "binary", tta="rotate")
+        evaluation.evaluate_model(model, (images, labels), "binary", tta="rotate")

@@ -1,3 +1,42 @@
-"""`kmedimg predict` (transitional: forwards to the command code not yet moved here)."""
+"""`kmedimg predict MODEL INPUT...`: probabilities for images, DICOM folders or a split, as CSV."""
 
-from kmedimg.evaluation.predict import add_predict_command as add_parser  # noqa: F401
+import sys
+import time
+
+from kmedimg.core.run_directory import write_text
+from kmedimg.evaluation.prediction import TTA_MODES
+from kmedimg.evaluation.predictions_csv import predictions_csv
+from kmedimg.runs.predict import predict_run
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "predict", help="probabilities for images, DICOM folders or a TFRecord split, as CSV",
+        description="Writes one CSV row per input with the probability of every class and the "
+                    "decision at the run's validation-chosen operating point (else 0.5/argmax).")
+    parser.add_argument("model", metavar="MODEL", help="a run directory or a .keras file")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+",
+                        help="image files (PNG/JPEG/TIFF), .npy, DICOM files, folders of them, "
+                             "or a dataset directory (TFRecords + dataset.json)")
+    parser.add_argument("--out", default="-", help="CSV path (default: stdout)")
+    parser.add_argument("--split", default="test",
+                        help="split to predict when INPUT is a dataset directory (default: test)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                        help="test-time augmentation (default: none)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args):
+    start = time.perf_counter()
+    table = predict_run(args.model, args.inputs, split=args.split, batch_size=args.batch_size,
+                        tta=args.tta)
+    text = predictions_csv(**table)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    write_text(args.out, text)
+    count = len(table["ids"])
+    seconds = time.perf_counter() - start
+    print(f"{count} predictions -> {args.out} ({count / seconds:.1f} inputs/s)")
+    return 0

@@ -13,7 +13,10 @@ run_dir/
   logs/<stage>/               TensorBoard logs
   model.keras                 the model with the best weights (takes raw pixels)
   metrics.json                validation and test metrics with bootstrap intervals
-  evaluation/                 `kmedimg evaluate`: threshold.json, metrics, report.html
+  evaluation/                 `kmedimg evaluate`: threshold.json, metrics_<split>.json,
+                              predictions_<split>.csv
+  report.html                 `kmedimg evaluate`: the self-contained report
+  export/<format>/            `kmedimg export` (default output folder)
 ```
 
 Every read and write goes through `tf.io.gfile`, so a run that training wrote to
@@ -156,6 +159,10 @@ class RunDirectory:
     LOGS = "logs"
     EVALUATION = "evaluation"
     THRESHOLD = "evaluation/threshold.json"
+    EVALUATION_METRICS = "evaluation/metrics_{split}.json"
+    PREDICTIONS = "evaluation/predictions_{split}.csv"
+    REPORT = "report.html"
+    EXPORT = "export"
 
     def __init__(self, path):
         if path is None or not str(os.fspath(path)).strip():

@@ -1,4 +1,4 @@
-"""`kmedimg export`: a trained model as `.keras`, TensorFlow SavedModel or TFLite.
+"""`export_model`: a trained model as `.keras`, TensorFlow SavedModel or TFLite.
 
 Every export takes raw pixels (float32 [B, H, W, C] in the stored intensity range,
 0..255 or 0..65535): scaling and the backbone's preprocessing are layers inside the
@@ -17,26 +17,30 @@ Quantisation (TFLite only):
 
 Example:
 
-```
-kmedimg export runs/quickstart --format tflite --quantize int8 --out exports/
+```python
+record = export_model(model, "exports/tflite-int8", "tflite", "int8", calibration=images)
+record["check"]["max_abs_difference"]
 ```
 """
 
-import json
 import os
-import shutil
 import warnings
 
 import numpy as np
+import tensorflow as tf
 
+from kmedimg.core.run_directory import join, write_json
+from kmedimg.data.pipeline import load, read_manifest
 from kmedimg.evaluation import inputs
-from kmedimg.evaluation.runs import load_keras_model, load_model_for_inference
+from kmedimg.evaluation.model_file import load_keras_model
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
+EXPORT_RECORD = "export.json"
 
 
-def _check(format, quantize):
+def check_export_options(format, quantize):
+    """The quantisation to use (`"none"` for None), after checking it fits `format`."""
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
     quantize = quantize or "none"
@@ -52,12 +56,19 @@ def _check(format, quantize):
     return quantize
 
 
-def _sample_images(model, data=None, split="train", count=64, dtype="uint8", seed=0):
-    """Raw-range images for calibration/checking: from the dataset when given, else noise."""
+def sample_images(model, data=None, split="train", count=64, dtype="uint8", seed=0):
+    """Raw-range images for calibration/checking: from the dataset when given, else noise.
+
+    Args:
+        model: the Keras model (its input shape sizes the images).
+        data: a dataset directory to take images from. Defaults to `None` (noise).
+        split: split to read (the first one when absent). Defaults to `"train"`.
+        count: number of images. Defaults to `64`.
+        dtype: stored pixel type of the noise ("uint8", "uint16"). Defaults to `"uint8"`.
+        seed: noise seed. Defaults to `0`.
+    """
     height, width, channels = inputs.model_input_spec(model)
     if data is not None:
-        from kmedimg.data.pipeline import load, read_manifest
-
         manifest = read_manifest(data)
         split = split if split in manifest.splits else sorted(manifest.splits)[0]
         batches = load(data, split, image_size=(height, width), batch_size=min(count, 64),
@@ -75,8 +86,6 @@ def _sample_images(model, data=None, split="train", count=64, dtype="uint8", see
 
 def tflite_predict(model_path_or_content, images):
     """Runs a TFLite model with `tf.lite.Interpreter`, one image at a time (batch 1 graph)."""
-    import tensorflow as tf
-
     with warnings.catch_warnings():
         # TF 2.21 still ships tf.lite.Interpreter; it warns about the ai_edge_litert move.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
@@ -98,8 +107,6 @@ def tflite_predict(model_path_or_content, images):
 
 def saved_model_predict(path, images):
     """Runs an exported SavedModel's `serve` signature with `tf.saved_model.load`."""
-    import tensorflow as tf
-
     loaded = tf.saved_model.load(os.fspath(path))
     return np.asarray(loaded.serve(tf.constant(images, tf.float32)))
 
@@ -125,23 +132,22 @@ def export_model(model, out_dir, format="keras", quantize="none", calibration=No
         dict: `path` of the artefact, `format`, `quantize`, `input`, and `check`
         (max/mean absolute probability difference to the Keras model).
     """
-    import tensorflow as tf
-
-    quantize = _check(format, quantize)
-    os.makedirs(out_dir, exist_ok=True)
+    quantize = check_export_options(format, quantize)
+    out_dir = os.fspath(out_dir)
+    tf.io.gfile.makedirs(out_dir)
     if check_images is None:
-        check_images = calibration[:16] if calibration is not None else _sample_images(model, count=8)
+        check_images = calibration[:16] if calibration is not None else sample_images(model, count=8)
     check_images = np.asarray(check_images, np.float32)
     reference = np.asarray(model(check_images, training=False), np.float32)
     if format == "keras":
-        path = os.path.join(out_dir, "model.keras")
+        path = join(out_dir, "model.keras")
         model.save(path)
         exported = np.asarray(load_keras_model(path)(check_images, training=False))
         runtime = "keras.saving.load_model(safe_mode=True)"
     else:
-        saved_dir = os.path.join(out_dir, "savedmodel")
-        if os.path.isdir(saved_dir):
-            shutil.rmtree(saved_dir)
+        saved_dir = join(out_dir, "savedmodel")
+        if tf.io.gfile.isdir(saved_dir):
+            tf.io.gfile.rmtree(saved_dir)
         spec = tf.TensorSpec([None, *check_images.shape[1:]], tf.float32, name="pixels")
         model.export(saved_dir, format="tf_saved_model", input_signature=[spec], verbose=False)
         if format == "savedmodel":
@@ -171,11 +177,11 @@ def export_model(model, out_dir, format="keras", quantize="none", calibration=No
                                                        tf.lite.OpsSet.TFLITE_BUILTINS]
             content = converter.convert()
             suffix = "" if quantize == "none" else f".{quantize}"
-            path = os.path.join(out_dir, f"model{suffix}.tflite")
-            with open(path, "wb") as handle:
+            path = join(out_dir, f"model{suffix}.tflite")
+            with tf.io.gfile.GFile(path, "wb") as handle:
                 handle.write(content)
-            shutil.rmtree(saved_dir)
-            exported = tflite_predict(path, check_images)
+            tf.io.gfile.rmtree(saved_dir)
+            exported = tflite_predict(content, check_images)
             runtime = "tf.lite.Interpreter"
     difference = np.abs(np.asarray(exported, np.float32).reshape(reference.shape) - reference)
     record = {
@@ -190,53 +196,5 @@ def export_model(model, out_dir, format="keras", quantize="none", calibration=No
                   "mean_abs_difference": float(difference.mean())},
         **(metadata or {}),
     }
-    with open(os.path.join(out_dir, "export.json"), "w") as handle:
-        json.dump(record, handle, indent=2, default=str)
+    write_json(join(out_dir, EXPORT_RECORD), record)
     return record
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_export_command(subparsers):
-    parser = subparsers.add_parser(
-        "export", help="export a run's model as .keras, SavedModel or TFLite (raw pixels in)",
-        description="Exports the model and checks the export's predictions with its own runtime.")
-    parser.add_argument("run", metavar="RUN_DIR", help="a run directory or a .keras file")
-    parser.add_argument("--format", default="keras", choices=FORMATS, help="default: keras")
-    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
-                        help="TFLite quantisation (default: none)")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default: RUN_DIR/export/<format>)")
-    parser.add_argument("--calibration-data", default=None,
-                        help="dataset directory for int8 calibration (default: the run's data)")
-    parser.add_argument("--calibration-split", default="train", help="default: train")
-    parser.add_argument("--calibration-samples", type=int, default=200, help="default: 200")
-    parser.set_defaults(handler=_run_export)
-
-
-def _run_export(args):
-    model, info = load_model_for_inference(args.run)
-    quantize = _check(args.format, args.quantize)
-    base = info["run_dir"] or os.path.dirname(os.path.abspath(args.run))
-    out = args.out or os.path.join(base, "export", args.format + (
-        "" if quantize == "none" else f"-{quantize}"))
-    data = args.calibration_data or (info.get("data") if "data_missing" not in info else None)
-    calibration = None
-    if data:
-        calibration = _sample_images(model, data, args.calibration_split, args.calibration_samples)
-    elif quantize == "int8":
-        raise ValueError(
-            "int8 quantisation needs calibration images: the run's dataset is not reachable "
-            f"({info.get('data_missing')}); pass --calibration-data DIR. Received: "
-            "calibration_data=None"
-        )
-    metadata = {"task": info["task"], "class_names": info.get("class_names"),
-                "threshold": info.get("threshold"), "source": info["model_path"]}
-    record = export_model(model, out, args.format, quantize, calibration=calibration,
-                          check_images=None if calibration is None else calibration[:32],
-                          metadata=metadata)
-    check = record["check"]
-    print(f"{record['path']}  ({check['runtime']}: max |dp| = {check['max_abs_difference']:.2g} "
-          f"on {check['images']} images)")
-    return 0

@@ -10,6 +10,10 @@ model sees the same numbers either way.
 import os
 
 import numpy as np
+import tensorflow as tf
+
+from kmedimg.data import schema
+from kmedimg.data.sources import dicom_pixels, image_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
@@ -48,8 +52,6 @@ def read_pixels(path, dtype="auto", dicom=None):
     Raises:
         ValueError: naming the file, for an unreadable or unsupported input.
     """
-    from kmedimg.data import schema
-
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if dtype not in ("auto", "uint8", "uint16"):
@@ -63,8 +65,6 @@ def read_pixels(path, dtype="auto", dicom=None):
     elif suffix in DICOM_SUFFIXES or _is_dicom(path):
         pixels = _read_dicom(path, **(dicom or {}))
     elif suffix in IMAGE_SUFFIXES:
-        from kmedimg.data.sources import image_files
-
         try:
             is_grey, sixteen_bit = image_files.probe(path)
             stored = "uint16" if sixteen_bit else "uint8"
@@ -98,8 +98,6 @@ def _read_dicom(path, window=None, offset=None, scale=None):
         raise ValueError(
             f"{path}: reading DICOM needs pydicom: pip install 'kmedimg[dicom]'."
         ) from error
-    from kmedimg.data.sources import dicom_pixels
-
     dataset = pydicom.dcmread(path)
     frame = dataset.pixel_array
     if getattr(dataset, "NumberOfFrames", 1) not in (None, 1, "1"):
@@ -121,8 +119,6 @@ def fit_to_model(pixels, input_spec):
     Same rules as the record pipeline: bilinear resize in float32 (intensity range
     kept), grey tiled to RGB, RGB to grey by luma.
     """
-    import tensorflow as tf
-
     height, width, channels = input_spec
     image = tf.cast(pixels, tf.float32)
     if tuple(image.shape[:2]) != (height, width):

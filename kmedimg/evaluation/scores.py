@@ -1,0 +1,38 @@
+"""The class score an explanation differentiates: the logit, or the log-odds of a probability.
+
+Grad-CAM and occlusion explain the output layer's pre-activation score of a class,
+as in the Grad-CAM paper: a confident model's probability is saturated and has no
+gradient. Models whose output layer is not a sigmoid/softmax Dense are explained
+through the log-odds of their probabilities.
+"""
+
+import tensorflow as tf
+
+EPSILON = 1e-7
+
+
+def logit_score(logits, task, class_index):
+    """Pre-activation score of `class_index` [B] (binary: class 0 is the negated logit)."""
+    logits = tf.cast(logits, tf.float32)
+    if task == "binary":
+        return tf.where(tf.equal(class_index, 1), logits[:, 0], -logits[:, 0])
+    return tf.gather(logits, class_index, axis=1, batch_dims=1)
+
+
+def class_score(probs, task, class_index):
+    """Log-odds (binary, multilabel) or log-probability (multiclass) of `class_index` [B]."""
+    probs = tf.cast(probs, tf.float32)
+    if task == "binary":
+        logit = tf.math.log(probs[:, 0] + EPSILON) - tf.math.log(1 - probs[:, 0] + EPSILON)
+        return tf.where(tf.equal(class_index, 1), logit, -logit)
+    chosen = tf.gather(probs, class_index, axis=1, batch_dims=1)
+    if task == "multiclass":
+        return tf.math.log(chosen + EPSILON)
+    return tf.math.log(chosen + EPSILON) - tf.math.log(1 - chosen + EPSILON)
+
+
+def default_class(probs, task):
+    """The class explained by default [B]: binary the positive class, else the argmax."""
+    if task == "binary":
+        return tf.ones(tf.shape(probs)[:1], tf.int32)
+    return tf.cast(tf.argmax(probs, axis=1), tf.int32)

@@ -1,0 +1,123 @@
+"""Opening a trained model for inference: a run directory or a `.keras` file, anywhere.
+
+A run directory (written by training) holds `model.keras`, `config.yaml` (with
+`data.path`, whose `dataset.json` gives the task, class names, pixel dtype and DICOM
+conversion) and, after `kmedimg evaluate`, the operating point chosen on validation.
+A bare `.keras` file gives only what the model itself says. Every file of a run is
+read through `RunDirectory` (tf.io.gfile), so runs on `gs://` open like local ones,
+and the stored `data.path` is resolved from any working directory.
+
+Example:
+
+```python
+model, info = load_model_for_inference("runs/quickstart")
+info["task"], info["class_names"], info.get("threshold")
+```
+"""
+
+import os
+
+import tensorflow as tf
+
+from kmedimg.core.run_directory import RunDirectory
+from kmedimg.data.pipeline import read_manifest
+from kmedimg.evaluation.introspection import infer_task, model_input_dtype
+from kmedimg.evaluation.model_file import load_keras_model
+
+
+def describe_dataset(data_path):
+    """Task, classes, dtype, channels and DICOM settings from a dataset's manifest.
+
+    Args:
+        data_path: a dataset directory (local, gs:// or ram://).
+
+    Raises:
+        FileNotFoundError: when there is no `dataset.json` at `data_path`.
+    """
+    manifest = read_manifest(data_path)
+    info = {
+        "data": str(data_path),
+        "task": manifest.task,
+        "class_names": list(manifest.class_names),
+        "dtype": manifest.dtype,
+        "stored_channels": manifest.channels,
+        "manifest": manifest,
+    }
+    source = manifest.source or {}
+    if source.get("format") == "dicom":
+        window = source.get("window")
+        if isinstance(window, dict):
+            window = (window.get("name"), window.get("center"), window.get("width"))
+        intensity = source.get("intensity") or {}
+        info["dicom"] = {"window": window, "offset": intensity.get("offset") or 1024,
+                         "scale": intensity.get("scale") or 1.0}
+    return info
+
+
+def _run_facts(run):
+    """Config, operating point and training metrics stored in a run directory."""
+    info = {"config": run.read_config()}
+    threshold = run.read_json(RunDirectory.THRESHOLD)
+    if threshold is not None:
+        info["threshold"] = threshold
+    training_metrics = run.read_json(RunDirectory.METRICS)
+    if training_metrics is not None:
+        info["training_metrics"] = training_metrics or {}
+        test = training_metrics.get("test") if isinstance(training_metrics, dict) else None
+        # The training run's test metrics carry the validation-chosen operating point.
+        if "threshold" not in info and isinstance(test, dict) and test.get("threshold"):
+            info["threshold"] = test["threshold"]
+    return info
+
+
+def load_model_for_inference(path, data=None):
+    """Loads a model for prediction and collects what is known about it.
+
+    Args:
+        path: a run directory (with `model.keras`) or a `.keras` file; local, `gs://`
+            or `ram://`.
+        data: dataset directory to take the task/classes from instead of the run's
+            `config.yaml` `data.path`. Defaults to `None`.
+
+    Returns:
+        `(model, info)`; `info` has `task`, `class_names`, `dtype` (of the pixels the
+        model expects), `run_dir`, `model_path`, `config`, `threshold` (a dict, when
+        the run was evaluated), `data` and `manifest` when the dataset is reachable,
+        else `data_missing`.
+
+    Raises:
+        FileNotFoundError: when there is no model at `path`.
+    """
+    path = os.fspath(path)
+    run = RunDirectory(path) if tf.io.gfile.isdir(path) else None
+    model_path = run.model_path if run else path
+    if not tf.io.gfile.exists(model_path):
+        raise FileNotFoundError(
+            f"No model at {model_path}: pass a run directory holding {RunDirectory.MODEL} "
+            "or a .keras file."
+        )
+    if not model_path.endswith(".keras"):
+        raise ValueError(f"Expected a .keras model file. Received: path={model_path!r}")
+    model = load_keras_model(model_path)
+    info = {"run_dir": run.path if run else None, "model_path": model_path, "config": {}}
+    if run:
+        info.update(_run_facts(run))
+        stored = (info["config"].get("data") or {}).get("path")
+        data = data or run.resolve_data_path(stored)
+    if data:
+        try:
+            info.update(describe_dataset(data))
+        except FileNotFoundError:
+            info["data_missing"] = str(data)
+    info.setdefault("task", infer_task(model))
+    info.setdefault("class_names", None)
+    if "dtype" not in info:
+        info["dtype"] = model_input_dtype(model)
+    outputs = int(model.outputs[0].shape[-1])
+    expected = 2 if info["task"] == "binary" else outputs
+    if info["class_names"] is not None and len(info["class_names"]) != expected:
+        raise ValueError(
+            f"The model has {outputs} output(s) but the dataset lists {len(info['class_names'])} "
+            f"classes ({info['class_names']}). Received: data={info.get('data')!r}"
+        )
+    return model, info
