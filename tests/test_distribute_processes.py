@@ -93,7 +93,7 @@ def run_together(commands, workdir, timeout=PROCESS_TIMEOUT):
 
 
 def training_command(mode, data, out, **options):
-    command = [sys.executable, "-m", "kmedimg._distributed_run", "--mode", mode, "--data", str(data),
+    command = [sys.executable, "-m", "kmedimg.distribute._distributed_run", "--mode", mode, "--data", str(data),
                "--out", str(out)]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
