@@ -94,6 +94,24 @@ def platform_defaults(strategy=None, **overrides):
     if replicas > 1:
         notes.append(f"Global batch = per-replica batch x {replicas} replicas.")
 
+    policy, steps, jit = _apply_overrides(overrides, policy, steps, jit, notes)
+    check_compile_settings(strategy, steps_per_execution=steps, jit_compile=jit)
+    return PlatformDefaults(
+        platform=platform,
+        strategy_name=type(strategy).__name__,
+        replicas=replicas,
+        workers=num_workers(strategy),
+        precision_policy=policy,
+        loss_scaling=policy == "mixed_float16",
+        steps_per_execution=steps,
+        jit_compile=jit,
+        requires_gcs=platform == "tpu",
+        notes=tuple(notes),
+    )
+
+
+def _apply_overrides(overrides, policy, steps, jit, notes):
+    """`(policy, steps, jit)` with the recipe's overrides checked and applied (noted)."""
     allowed = {"precision_policy", "steps_per_execution", "jit_compile"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
@@ -121,19 +139,7 @@ def platform_defaults(strategy=None, **overrides):
         if not isinstance(jit, bool):
             raise ValueError(f"jit_compile must be true, false or 'auto'. Received: jit_compile={jit!r}")
         notes.append(f"jit_compile={jit} set by the recipe.")
-    check_compile_settings(strategy, steps_per_execution=steps, jit_compile=jit)
-    return PlatformDefaults(
-        platform=platform,
-        strategy_name=type(strategy).__name__,
-        replicas=replicas,
-        workers=num_workers(strategy),
-        precision_policy=policy,
-        loss_scaling=policy == "mixed_float16",
-        steps_per_execution=steps,
-        jit_compile=jit,
-        requires_gcs=platform == "tpu",
-        notes=tuple(notes),
-    )
+    return policy, steps, jit
 
 
 def check_compile_settings(strategy, steps_per_execution=1, jit_compile=False):
