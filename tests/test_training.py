@@ -200,6 +200,31 @@ def test_training_alone_writes_the_summary_without_evaluation(phantoms, tmp_path
     assert trainer.model is not None and (run_dir / "model.keras").exists()
 
 
+def test_resume_state_round_trips_and_reads_the_old_format():
+    from kmedimg.core.run_directory import RunDirectory
+
+    directory = RunDirectory("ram://kmedimg-tests/resume-state")
+    directory.makedirs()
+    assert training.ResumeState.load(directory) == training.ResumeState()
+    # state.json as runs before the Trainer wrote it: only the completed stages.
+    report = {"name": "head", "trainable_params": 10}
+    directory.write_json(RunDirectory.STATE,
+                         {"completed": {"head": {"epochs_run": 2, "report": report}}})
+    state = training.ResumeState.load(directory)
+    assert state.last_completed == "head" and state.epochs_completed == 2
+    assert state.stage_reports == [report] and state.current_stage is None
+    state.start_stage("finetune", 3)
+    state.save(directory)
+    state = training.ResumeState.load(directory)
+    assert (state.current_stage, state.resumed_after_epoch) == ("finetune", 3)
+    best = {"monitor": "val_auc", "value": 0.9, "stage": "finetune", "epoch": 4,
+            "global_epoch": 6}
+    state.complete_stage("finetune", 5, {"name": "finetune"}, best=best)
+    state.save(directory)
+    assert training.ResumeState.load(directory) == state
+    assert state.epochs_completed == 7 and state.current_stage is None
+
+
 def test_feature_cache_is_off_with_augmentation(phantoms):
     config = config_from_dict({
         "data": {"path": phantoms}, "model": {"backbone": "lenet5", "augmentation": True},
