@@ -6,7 +6,7 @@
 2. Per-step time with `jit_compile=True` vs off (baseline), after warm-up, for 3
    backbones.
 
-Every configuration runs in fresh processes (`python -m kmedimg._distributed_run`)
+Every configuration runs in fresh processes (`python -m kmedimg.distribute._distributed_run`)
 on phantom TFRecords; figures are medians over `--repeats` runs.
 
     python benchmarks/strategy_overhead.py [--repeats 3] [--steps 30] [--quick]
@@ -63,7 +63,7 @@ def run_processes(commands, timeout):
 
 def training(mode, data, out, args, **options):
     command = [
-        sys.executable, "-m", "kmedimg._distributed_run", "--mode", mode, "--data", str(data),
+        sys.executable, "-m", "kmedimg.distribute._distributed_run", "--mode", mode, "--data", str(data),
         "--out", str(out), "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--image-size", str(options.pop("image_size", args.image_size)),
         "--global-batch", str(args.global_batch),

@@ -31,6 +31,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from kmedimg import runs  # noqa: E402 (after the path)
+from kmedimg.config import config_from_dict  # noqa: E402 (after the path)
+from kmedimg.data.sources.npz import NpzSource  # noqa: E402 (after the path)
+from kmedimg.data.writer import write_dataset  # noqa: E402 (after the path)
+
 SHARED = os.environ.get(
     "KMEDIMG_SHARED_DATA",
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"),
@@ -40,9 +45,6 @@ RECIPE_ORDER = ["from_scratch", "feature_extractor", "partial_finetune", "two_st
 
 
 def convert(npz_name, out_dir):
-    from kmedimg.data.sources.npz import NpzSource
-    from kmedimg.data.writer import write_dataset
-
     if os.path.exists(os.path.join(out_dir, "dataset.json")):
         return out_dir
     path = os.path.join(SHARED, "medmnist", npz_name)
@@ -53,8 +55,6 @@ def convert(npz_name, out_dir):
 
 
 def make_config(data, run_dir, args, recipe, options, seed, weights=None):
-    from kmedimg.config import config_from_dict
-
     return config_from_dict({
         "data": {"path": data, "image_size": args.image_size, "batch_size": args.batch_size},
         "model": {"backbone": args.backbone, "weights": weights, "dropout": 0.3,
@@ -102,8 +102,6 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from kmedimg import training
-
     work = args.work or tempfile.mkdtemp(prefix="kmedimg-transfer-")
     pneumonia = convert("pneumoniamnist_trainval.npz", os.path.join(work, "pneumonia"))
     breast = convert("breastmnist_trainval.npz", os.path.join(work, "breast"))
@@ -112,7 +110,7 @@ def main(argv=None):
           f"BreastMNIST, seeds {args.seeds}, work dir {work}", flush=True)
 
     started = time.time()
-    pretrain = training.run(make_config(
+    pretrain = runs.train_and_evaluate(make_config(
         pneumonia, os.path.join(work, "runs", "pretrain"), args, "from_scratch",
         {"epochs": args.pretrain_epochs}, seed=0), progress=False)
     pretrain_seconds = time.time() - started
@@ -126,7 +124,7 @@ def main(argv=None):
             weights = None if name == "from_scratch" else pretrain.model_path
             run_dir = os.path.join(work, "runs", f"breast-{name}-seed{seed}")
             started = time.time()
-            result = training.run(make_config(
+            result = runs.train_and_evaluate(make_config(
                 breast, run_dir, args, name, recipe_options(name, args.epochs, args.head_epochs),
                 seed, weights=weights), progress=False)
             seconds = time.time() - started
@@ -159,7 +157,7 @@ def main(argv=None):
           f"({pretrain_seconds:.0f} s; MedMNIST v2 ResNet-18 (28) test AUC 0.944)")
     print(f"BreastMNIST val, {len(args.seeds)} seeds, mean ± sd, last-epoch weights "
           f"(MedMNIST v2 ResNet-18 (28) test AUC 0.901):\n")
-    print(training.format_table(rows, list(rows[0].keys())))
+    print(runs.format_table(rows, list(rows[0].keys())))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "pneumonia_val_auc": pneumonia_auc,

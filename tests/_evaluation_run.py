@@ -1,4 +1,4 @@
-"""A small real run directory for the evaluation tests (same layout as kmedimg.training.run).
+"""A small real run directory for the evaluation tests (same layout as kmedimg.runs.train_and_evaluate).
 
 Phantom TFRecords -> build_classifier (LeNet-5, registered backbone) -> a few real
 epochs of model.fit -> model.keras, config.yaml, history.csv in a run directory.

@@ -7,12 +7,14 @@ import keras
 import pytest
 import tensorflow as tf
 
-from kmedimg import _keras_patches, distribute
+from kmedimg import distribute
+from kmedimg.distribute import _keras_patches
+from kmedimg.distribute import strategy as strategy_module
 
 
 @pytest.fixture
 def clean_environment(monkeypatch):
-    for name in distribute._TPU_ENVIRONMENT + ("TF_CONFIG",):
+    for name in strategy_module._TPU_ENVIRONMENT + ("TF_CONFIG",):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -49,7 +51,7 @@ def test_tpu_kind_without_tpu_is_a_clear_error(clean_environment):
 
 
 def test_auto_without_evidence_picks_cpu_and_says_why(clean_environment, caplog, monkeypatch):
-    monkeypatch.setattr(distribute, "_list_dir", lambda path: [])
+    monkeypatch.setattr(strategy_module, "_list_dir", lambda path: [])
     with caplog.at_level(logging.INFO, logger="kmedimg.distribute"):
         strategy = distribute.get_strategy("auto")
     assert strategy is tf.distribute.get_strategy()
@@ -71,19 +73,19 @@ def test_auto_falls_back_when_tpu_evidence_but_resolver_fails(clean_environment,
 )
 def test_tpu_evidence_from_environment(clean_environment, variable, expected):
     clean_environment.setenv(variable, "v4-8")
-    assert expected in distribute._tpu_evidence(None)
+    assert expected in strategy_module._tpu_evidence(None)
 
 
 def test_tpu_evidence_from_accel_devices(clean_environment, monkeypatch):
-    monkeypatch.setattr(distribute, "_list_dir", lambda path: ["null", "accel0", "accel1"])
-    assert "/dev/accel*" in distribute._tpu_evidence(None)
-    monkeypatch.setattr(distribute, "_list_dir", lambda path: ["null", "tty"])
-    assert distribute._tpu_evidence(None) == ""
-    assert "tpu_address='my-tpu'" in distribute._tpu_evidence("my-tpu")
+    monkeypatch.setattr(strategy_module, "_list_dir", lambda path: ["null", "accel0", "accel1"])
+    assert "/dev/accel*" in strategy_module._tpu_evidence(None)
+    monkeypatch.setattr(strategy_module, "_list_dir", lambda path: ["null", "tty"])
+    assert strategy_module._tpu_evidence(None) == ""
+    assert "tpu_address='my-tpu'" in strategy_module._tpu_evidence("my-tpu")
 
 
 def test_auto_with_single_worker_tf_config_stays_local(clean_environment, monkeypatch):
-    monkeypatch.setattr(distribute, "_list_dir", lambda path: [])
+    monkeypatch.setattr(strategy_module, "_list_dir", lambda path: [])
     clean_environment.setenv("TF_CONFIG", _tf_config(workers=1))
     assert distribute.get_strategy("auto") is tf.distribute.get_strategy()
 

@@ -93,7 +93,7 @@ def run_together(commands, workdir, timeout=PROCESS_TIMEOUT):
 
 
 def training_command(mode, data, out, **options):
-    command = [sys.executable, "-m", "kmedimg._distributed_run", "--mode", mode, "--data", str(data),
+    command = [sys.executable, "-m", "kmedimg.distribute._distributed_run", "--mode", mode, "--data", str(data),
                "--out", str(out)]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
@@ -193,7 +193,7 @@ RECIPE_WORKER_SCRIPT = textwrap.dedent(
         "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
         "task": {"type": "worker", "index": index}})
     import keras, numpy as np
-    from kmedimg import training
+    from kmedimg import runs
     from kmedimg.config import config_from_dict
     config = config_from_dict({
         "data": {"path": data, "image_size": 32, "batch_size": 16},
@@ -204,7 +204,7 @@ RECIPE_WORKER_SCRIPT = textwrap.dedent(
                      "tensorboard": False},
         "evaluation": {"bootstrap": 10},
     })
-    result = training.run(config, progress=False)
+    result = runs.train_and_evaluate(config, progress=False)
     weights = keras.saving.load_model(result.model_path).get_weights()
     np.savez(f"{out}/weights{index}.npz", *weights)
     """
@@ -213,7 +213,7 @@ RECIPE_WORKER_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_workers_run_a_recipe_end_to_end(phantoms, tmp_path):
-    """`training.run` of a two-stage recipe under 2 workers: same model on both."""
+    """`runs.train_and_evaluate` of a two-stage recipe under 2 workers: same model on both."""
     script = tmp_path / "recipe_worker.py"
     script.write_text(RECIPE_WORKER_SCRIPT)
     ports = ",".join(map(str, free_ports(2)))

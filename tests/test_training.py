@@ -137,8 +137,9 @@ def test_batchnorm_statistics_and_recompiles_between_stages(phantoms, monkeypatc
     assert all(moved)
 
 
-def test_train_command_writes_the_run_directory(phantoms, tmp_path, capsys):
+def test_train_command_writes_the_run_directory(phantoms, tmp_path, capsys, monkeypatch):
     from kmedimg import cli
+    from kmedimg.core.run_directory import RunDirectory
 
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(
@@ -150,8 +151,10 @@ def test_train_command_writes_the_run_directory(phantoms, tmp_path, capsys):
         "evaluation: {bootstrap: 20}\n"
     )
     run_dir = tmp_path / "run"
-    code = cli.main(["train", str(recipe_file), "--data", phantoms, "--out", str(run_dir),
-                     "--quiet", "--set", "training.seed=1"])
+    # A relative --data is stored absolute: the run can be evaluated from anywhere.
+    monkeypatch.chdir(pathlib.Path(phantoms).parent)
+    code = cli.main(["train", str(recipe_file), "--data", pathlib.Path(phantoms).name,
+                     "--out", str(run_dir), "--quiet", "--set", "training.seed=1"])
     assert code == 0
     output = capsys.readouterr().out
     assert "roc_auc" in output and str(run_dir) in output
@@ -172,12 +175,54 @@ def test_train_command_writes_the_run_directory(phantoms, tmp_path, capsys):
     assert 0.0 <= metrics["test"]["metrics"]["roc_auc"]["value"] <= 1.0
     assert metrics["test"]["threshold"]["chosen_on"] == "val"
     assert "seed: 1" in (run_dir / "config.yaml").read_text()
+    assert RunDirectory(run_dir).read_config()["data"]["path"] == phantoms
+    state = training.ResumeState.load(RunDirectory(run_dir))
+    assert list(state.completed) == ["head_warmup", "finetune"] and state.current_stage is None
+    assert [entry["epochs_run"] for entry in state.completed.values()] == [1, 2]
+    assert state.best["monitor"] == "val_auc"
     model = keras.models.load_model(run_dir / "model.keras")
     pixels = np.zeros((2, SIZE, SIZE, 1), "float32")
     assert model.predict(pixels, verbose=0).shape == (2, 1)
     # A run directory of another configuration is not resumed silently.
     with pytest.raises(ValueError, match=r"training.seed=1.*training.seed=2"):
         training.run(_config(phantoms, str(run_dir), seed=2, steps_per_epoch=3))
+
+
+def test_training_alone_writes_the_summary_without_evaluation(phantoms, tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = training.Trainer(_config(phantoms, str(run_dir), recipe="feature_extractor",
+                                       options={"epochs": 1}), progress=False)
+    result = trainer.fit()
+    assert "val" not in result.metrics and "test" not in result.metrics
+    assert result.metrics["stages"][0]["epochs_run"] == 1 and result.metrics["best"]
+    assert json.loads((run_dir / "metrics.json").read_text()) == result.metrics
+    assert [row["stage"] for row in result.history] == ["head"]
+    assert trainer.model is not None and (run_dir / "model.keras").exists()
+
+
+def test_resume_state_round_trips_and_reads_the_old_format():
+    from kmedimg.core.run_directory import RunDirectory
+
+    directory = RunDirectory("ram://kmedimg-tests/resume-state")
+    directory.makedirs()
+    assert training.ResumeState.load(directory) == training.ResumeState()
+    # state.json as runs before the Trainer wrote it: only the completed stages.
+    report = {"name": "head", "trainable_params": 10}
+    directory.write_json(RunDirectory.STATE,
+                         {"completed": {"head": {"epochs_run": 2, "report": report}}})
+    state = training.ResumeState.load(directory)
+    assert state.last_completed == "head" and state.epochs_completed == 2
+    assert state.stage_reports == [report] and state.current_stage is None
+    state.start_stage("finetune", 3)
+    state.save(directory)
+    state = training.ResumeState.load(directory)
+    assert (state.current_stage, state.resumed_after_epoch) == ("finetune", 3)
+    best = {"monitor": "val_auc", "value": 0.9, "stage": "finetune", "epoch": 4,
+            "global_epoch": 6}
+    state.complete_stage("finetune", 5, {"name": "finetune"}, best=best)
+    state.save(directory)
+    assert training.ResumeState.load(directory) == state
+    assert state.epochs_completed == 7 and state.current_stage is None
 
 
 def test_feature_cache_is_off_with_augmentation(phantoms):

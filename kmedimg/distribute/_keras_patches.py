@@ -25,6 +25,7 @@ leaves Keras alone (tf_keras is not affected).
 import logging
 
 import keras
+import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ def apply_multiworker_patches():
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and _in_multi_worker_mode(strategy):
-            import tensorflow as tf
-
             return tf.nest.map_structure(
                 lambda value: strategy.reduce("MEAN", value, axis=None), values
             )
@@ -101,16 +100,12 @@ def apply_multiworker_patches():
 
 
 def _in_multi_worker_mode(strategy):
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
         strategy.extended._in_multi_worker_mode()
     )
 
 
 def _first_local_replica(strategy, batch):
-    import tensorflow as tf
-
     def local(value):
         if isinstance(value, tf.distribute.DistributedValues):
             return strategy.experimental_local_results(value)[0]

@@ -4,7 +4,7 @@ Used by the distribution tests and `benchmarks/strategy_overhead.py`: strategies
 that need a fresh TensorFlow (logical CPU devices, a TF_CONFIG cluster) run here,
 one process per worker, and report what they did as JSON.
 
-    python -m kmedimg._distributed_run --mode multiworker --worker-index 0 \
+    python -m kmedimg.distribute._distributed_run --mode multiworker --worker-index 0 \
         --ports 23451,23452 --data /tmp/phantoms --out /tmp/worker0.json
 
 Modes: `single` (default strategy), `onedevice` (OneDeviceStrategy: the code path of
@@ -22,10 +22,18 @@ import os
 import sys
 import time
 
-# Importing Keras/TensorFlow does not initialise the runtime: logical devices and
-# TF_CONFIG can still be set in `make_strategy`.
+# Importing Keras, TensorFlow and kmedimg does not initialise the runtime: logical
+# devices and TF_CONFIG can still be set in `make_strategy`.
 import keras
 import numpy as np
+import tensorflow as tf
+
+from kmedimg.data.pipeline import load, read_manifest
+from kmedimg.distribute.datasets import distribute_dataset, evaluation_dataset
+from kmedimg.distribute.defaults import FIT_SHUFFLE
+from kmedimg.distribute.platforms import platform_defaults
+from kmedimg.distribute.strategy import get_strategy
+from kmedimg.models import build_classifier
 
 MODES = ("single", "onedevice", "mirrored", "multiworker")
 
@@ -61,8 +69,6 @@ def make_strategy(args):
                 "task": {"type": "worker", "index": args.worker_index},
             }
         )
-    import tensorflow as tf
-
     if args.mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -74,22 +80,11 @@ def make_strategy(args):
         # Same Keras code path as MirroredStrategy (a strategy is set, so fit builds
         # from a first batch and restarts the iterator), on one device.
         return tf.distribute.OneDeviceStrategy("/cpu:0")
-    from kmedimg.distribute import get_strategy
-
     return get_strategy("multiworker" if args.mode == "multiworker" else "cpu")
 
 
 def run(args):
     strategy = make_strategy(args)
-    from kmedimg.data.pipeline import load, read_manifest
-    from kmedimg.distribute import (
-        FIT_SHUFFLE,
-        distribute_dataset,
-        evaluation_dataset,
-        platform_defaults,
-    )
-    from kmedimg.models import build_classifier
-
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(args.policy)
     manifest = read_manifest(args.data)
@@ -171,8 +166,6 @@ def make_strategy_again_is_same(args, strategy):
     """Whether asking `get_strategy` again returns the same strategy (None: not asked)."""
     if args.mode != "multiworker":
         return None
-    from kmedimg.distribute import get_strategy
-
     return get_strategy("multiworker") is strategy
 
 

@@ -13,15 +13,20 @@ ImageNet weights need a download, so the demo makes its own source task:
    time, trainable parameters).
 
 Every step is a public kmedimg call (`make_phantom_dataset`, `write_dataset`,
-`recipes.advise`, `training.run`), so the demo doubles as a usage example.
+`recipes.advise`, `kmedimg.runs.train_and_evaluate`), so the demo doubles as a usage example.
 """
 
-import dataclasses
 import os
 import time
 
 from kmedimg import recipes
 from kmedimg.config import config_from_dict
+from kmedimg.data.pipeline import read_manifest
+from kmedimg.data.synthetic import make_phantom_dataset
+from kmedimg.data.writer import write_dataset
+from kmedimg.runs.inverted_phantoms import InvertedPhantoms
+from kmedimg.runs.tables import metric_with_interval
+from kmedimg.runs.train import train_and_evaluate
 
 # Budgets: "full" is the README demo (< 5 minutes on 2 CPU cores), "quick" is for tests.
 BUDGETS = {
@@ -30,47 +35,6 @@ BUDGETS = {
     "quick": dict(source_images=160, target_images=120, image_size=32, batch_size=16,
                   pretrain_epochs=1, epochs=2, head_epochs=1, bootstrap=50),
 }
-
-
-@dataclasses.dataclass
-class InvertedPhantoms:
-    """Phantoms with inverted grey levels (bright lungs): a 'different modality'.
-
-    A `Source` (see `kmedimg.data.sources.base`) wrapping `PhantomSource`.
-
-    Args:
-        num_images: how many images.
-        image_size: side length. Defaults to `32`.
-        seed: generator seed. Defaults to `0`.
-        opacity_fraction: share of the `opacity` class. Defaults to `0.3`.
-    """
-
-    num_images: int
-    image_size: int = 32
-    seed: int = 0
-    opacity_fraction: float = 0.3
-
-    task = "binary"
-
-    def __post_init__(self):
-        from kmedimg.data.synthetic import PhantomSource
-
-        self._phantoms = PhantomSource(
-            num_images=self.num_images, image_size=self.image_size, seed=self.seed,
-            opacity_fraction=self.opacity_fraction,
-        )
-        self.class_names = list(self._phantoms.class_names)
-
-    def __len__(self):
-        return self.num_images
-
-    def __iter__(self):
-        for item in self._phantoms:
-            yield dataclasses.replace(item, pixels=255 - item.pixels,
-                                      source=f"inverted-{item.source}")
-
-    def describe(self):
-        return {**self._phantoms.describe(), "generator": "inverted chest-x-ray phantom v1"}
 
 
 def _config(data, run_dir, backbone, recipe, options, budget, seed, weights=None,
@@ -96,8 +60,6 @@ def _recipe_options(name, budget):
 
 
 def _row(label, result, seconds):
-    from kmedimg.training import metric_with_interval
-
     metrics = result.metrics
     return {
         "run": label,
@@ -110,12 +72,46 @@ def _row(label, result, seconds):
     }
 
 
+def _write_datasets(out_dir, settings, seed, say, progress):
+    """Writes the source and target phantom datasets (once); returns their directories."""
+    size = settings["image_size"]
+    source_dir = os.path.join(out_dir, "data", "source-phantoms")
+    target_dir = os.path.join(out_dir, "data", "target-inverted")
+    say(f"== 1/4 writing {settings['source_images']} source and {settings['target_images']} "
+        f"target phantoms ({size}x{size}) as TFRecords")
+    if not os.path.exists(os.path.join(source_dir, "dataset.json")):
+        make_phantom_dataset(source_dir, num_images=settings["source_images"], image_size=size,
+                             seed=seed, val_fraction=0.2, test_fraction=0.0, progress=progress)
+    if not os.path.exists(os.path.join(target_dir, "dataset.json")):
+        write_dataset(InvertedPhantoms(settings["target_images"], size, seed=seed + 1),
+                      target_dir, val_fraction=0.25, test_fraction=0.25, seed=seed,
+                      progress=progress)
+    return source_dir, target_dir
+
+
+def _target_recipe(advice, recipe, settings):
+    """`(recipe name, options, augmentation)` of the transfer run on the target set."""
+    chosen = advice.recipe if recipe == "auto" else recipe
+    options = dict(advice.options) if chosen == advice.recipe else {}
+    options.update(_recipe_options(chosen, settings))
+    if "cache_features" in recipes.recipe_options(chosen) and advice.augmentation:
+        options["cache_features"] = False
+    augmentation = True if advice.augmentation else None
+    return chosen, options, augmentation
+
+
 DEFAULT_BACKBONE = "lenet5_modern"
+
+DEMO_COLUMNS = ("run", "recipe", "trainable params", "time (s)", "val AUC",
+                "test AUC [95% CI]", "test bal. acc.")
+"""The columns of the rows `run_demo` returns, in print order."""
 
 
 def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", similarity="low",
              budget="full", seed=0, progress=True):
     """Runs the demo and returns `(rows, advice)`; see the module docstring.
+
+    `rows` are the summary table's rows (`DEMO_COLUMNS`), `advice` the §9 advisor's.
 
     Args:
         out_dir: where datasets and run directories go. Defaults to `"kmedimg-demo"`.
@@ -129,10 +125,6 @@ def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", s
         seed: seed of data and training. Defaults to `0`.
         progress: progress bars. Defaults to `True`.
     """
-    from kmedimg import training
-    from kmedimg.data.synthetic import make_phantom_dataset
-    from kmedimg.data.writer import write_dataset
-
     if budget not in BUDGETS:
         raise ValueError(f"`budget` must be one of {sorted(BUDGETS)}. Received: budget={budget!r}")
     if recipe != "auto" and recipe not in recipes.list_recipes():
@@ -141,90 +133,35 @@ def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", s
         )
     settings = BUDGETS[budget]
     say = print if progress else (lambda *args, **kwargs: None)
-    size = settings["image_size"]
-    source_dir = os.path.join(out_dir, "data", "source-phantoms")
-    target_dir = os.path.join(out_dir, "data", "target-inverted")
-    say(f"== 1/4 writing {settings['source_images']} source and {settings['target_images']} "
-        f"target phantoms ({size}x{size}) as TFRecords")
-    if not os.path.exists(os.path.join(source_dir, "dataset.json")):
-        make_phantom_dataset(source_dir, num_images=settings["source_images"], image_size=size,
-                             seed=seed, val_fraction=0.2, test_fraction=0.0, progress=progress)
-    if not os.path.exists(os.path.join(target_dir, "dataset.json")):
-        write_dataset(InvertedPhantoms(settings["target_images"], size, seed=seed + 1),
-                      target_dir, val_fraction=0.25, test_fraction=0.25, seed=seed,
-                      progress=progress)
+    source_dir, target_dir = _write_datasets(out_dir, settings, seed, say, progress)
 
     rows = []
     say(f"\n== 2/4 pretraining {backbone} from scratch on the source phantoms")
     started = time.time()
-    source_run = training.run(_config(
+    source_run = train_and_evaluate(_config(
         source_dir, os.path.join(out_dir, "runs", "source-from_scratch"), backbone,
         "from_scratch", {"epochs": settings["pretrain_epochs"]}, settings, seed,
     ), progress=progress)
     rows.append(_row("source: pretrain", source_run, time.time() - started))
 
-    from kmedimg.data.pipeline import read_manifest
-
     target_train = read_manifest(target_dir).splits["train"].count
     advice = recipes.advise(target_train, similarity)
-    chosen = advice.recipe if recipe == "auto" else recipe
     say(f"\n== 3/4 the advisor on {target_train} target images, similarity {similarity!r}:\n")
     say(str(advice))
-    options = dict(advice.options) if chosen == advice.recipe else {}
-    options.update(_recipe_options(chosen, settings))
-    if "cache_features" in recipes.recipe_options(chosen) and advice.augmentation:
-        options["cache_features"] = False
-    augmentation = True if advice.augmentation else None
+    chosen, options, augmentation = _target_recipe(advice, recipe, settings)
 
     say(f"\n== 4/4 target: {chosen} from the source backbone, and from_scratch as baseline")
     started = time.time()
-    transfer = training.run(_config(
+    transfer = train_and_evaluate(_config(
         target_dir, os.path.join(out_dir, "runs", f"target-{chosen}"), backbone, chosen,
         options, settings, seed, weights=source_run.model_path, augmentation=augmentation,
     ), progress=progress)
     rows.append(_row(f"target: {chosen} (transfer)", transfer, time.time() - started))
     started = time.time()
-    scratch = training.run(_config(
+    scratch = train_and_evaluate(_config(
         target_dir, os.path.join(out_dir, "runs", "target-from_scratch"), backbone,
         "from_scratch", {"epochs": settings["epochs"]}, settings, seed,
         augmentation=augmentation,
     ), progress=progress)
     rows.append(_row("target: from_scratch (baseline)", scratch, time.time() - started))
     return rows, advice
-
-
-def add_demo_command(subparsers):
-    """`kmedimg demo [--out DIR] [--backbone NAME] [--recipe auto|NAME] [--quick]`."""
-    parser = subparsers.add_parser(
-        "demo", help="offline end-to-end transfer-learning demo on synthetic phantoms",
-        description=(
-            "Synthetic phantoms -> TFRecords -> pretrain a small backbone -> the §9 "
-            "advisor's recipe on a small, different target set vs from_scratch -> summary "
-            "table. Offline; a few minutes on 2 CPU cores."
-        ),
-    )
-    parser.add_argument("--out", default="kmedimg-demo", help="output directory")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help=f"backbone (default {DEFAULT_BACKBONE})")
-    parser.add_argument("--recipe", default="auto",
-                        help="'auto' (the advisor's choice) or a recipe name")
-    parser.add_argument("--similarity", choices=recipes.SIMILARITIES, default="low",
-                        help="similarity to tell the advisor (default low)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny budget (seconds, for tests)")
-
-    def handler(args):
-        from kmedimg.training import format_table
-
-        started = time.time()
-        rows, _ = run_demo(args.out, backbone=args.backbone, recipe=args.recipe,
-                           similarity=args.similarity, budget="quick" if args.quick else "full",
-                           seed=args.seed)
-        columns = ["run", "recipe", "trainable params", "time (s)", "val AUC",
-                   "test AUC [95% CI]", "test bal. acc."]
-        print("\n" + format_table(rows, columns))
-        print(f"\nTotal {time.time() - started:.0f} s. Run directories (metrics.json, "
-              f"history.csv, model.keras, TensorBoard logs): {os.path.join(args.out, 'runs')}")
-        return 0
-
-    parser.set_defaults(handler=handler)

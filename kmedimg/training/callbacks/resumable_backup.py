@@ -1,0 +1,32 @@
+"""`ResumableBackup`: `BackupAndRestore` plus the random-generator states."""
+
+import keras
+import tensorflow as tf
+
+from kmedimg.core.run_directory import join
+from kmedimg.training.model_state import (
+    RANDOM_STATES_NAME, backup_epoch, restore_random_states, save_random_states,
+)
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that also saves and restores random-generator states.
+
+    Args:
+        backup_dir: the stage's backup directory (local, `gs://` or `ram://`).
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        self.random_states_path = join(backup_dir, RANDOM_STATES_NAME)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        epoch = backup_epoch(self.backup_dir)
+        if epoch:
+            restore_random_states(self.model, self.random_states_path, epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        tf.io.gfile.makedirs(self.backup_dir)
+        save_random_states(self.model, self.random_states_path, epoch + 1)
+        super().on_epoch_end(epoch, logs)
