@@ -1,8 +1,8 @@
 """Importers, one per source format; each yields `Item`s and `Rejected`s.
 
 The registry is explicit: each format module below registers its class with
-`@register_source("name")`, and this list of imports is the one place to add a
-format (the DICOM and NIfTI importers add their modules here).
+`@register_source("name")` (into `registry.SOURCES`, a `kmedimg.core.Registry`), and
+this list of imports is the one place to add a format.
 """
 
 from kmedimg.data.sources.base import Item, Rejected, Source
