@@ -1,7 +1,8 @@
 """`load` and `make_dataset_fn`: the tf.data input pipeline of one split.
 
 `load` runs named phases, in the spirit of Model Garden's
-`official/core/input_reader.py` (files -> records -> decode -> parse -> batch):
+`official/core/input_reader.py` (`read` = read the data source, then decode and
+parse, then prefetch):
 
 1. select files:      shard files of the split -> [shard by file] -> [shuffle files]
 2. read records:      interleave TFRecordDatasets (checked against the manifest's
@@ -13,11 +14,14 @@
                       (`RecordParser`); otherwise [resize each] -> batch -> parse
 6. finish:            [declare the number of batches] -> prefetch -> options
 
+`_read_data_source` runs phases 1-2, `_decode_and_parse` 3-5, `_finish` 6.
+
 The vectorised path (batch first, then decode the whole batch) is what makes raw
 storage several times faster than decoding image files. `read_manifest` and `verify`
 live in `kmedimg.data.manifest_files` and are re-exported here.
 """
 
+import dataclasses
 import logging
 import warnings
 
@@ -289,64 +293,100 @@ def load(
     manifest = as_manifest(path_or_manifest)
     info = split_info(manifest, split)
     size, channels = _check_load_arguments(manifest, image_size, channels, batch_size)
-    repeat = training if repeat is None else repeat
-    drop_remainder = training if drop_remainder is None else drop_remainder
     sequential = with_ids and not training
     deterministic = deterministic or sequential
-    if deterministic and seed is None:
-        seed = 0
-    if check_files:
-        check_shard_sizes(manifest, info.shards)
     mode = sharding_mode(len(info.shards), input_context)
     _log_sharding(split, mode, len(info.shards), input_context)
-    per_replica_batch = batch_size
-    if input_context is not None:
-        per_replica_batch = input_context.get_per_replica_batch_size(batch_size)
+    settings = _Settings(
+        size=size, training=training, deterministic=deterministic,
+        seed=0 if deterministic and seed is None else seed,
+        cache=cache, shuffle_buffer=shuffle_buffer,
+        repeat=training if repeat is None else repeat,
+        drop_remainder=training if drop_remainder is None else drop_remainder,
+        batch_size=(batch_size if input_context is None
+                    else input_context.get_per_replica_batch_size(batch_size)),
+        check_records=check_records, sequential=sequential, mode=mode,
+        input_context=input_context,
+    )
+    if check_files:
+        check_shard_sizes(manifest, info.shards)
     decoder = RecordDecoder(manifest, include_ids=with_ids)
     parser = RecordParser(manifest.task, manifest.num_classes, size, channels,
                           manifest.channels)
+    dataset = _read_data_source(manifest, info, settings)
+    dataset = _decode_and_parse(dataset, manifest, info, decoder,
+                                parser.parse_fn(training, with_ids=with_ids), parser,
+                                settings)
+    return _finish(dataset, info, settings)
 
-    # 1-2. select files, read records. In record mode every pipeline must see the
-    # same record order before `shard`.
-    dataset, local_files = _select_files(manifest, info, mode, input_context,
-                                         shuffle=training, seed=seed)
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """`load`'s validated arguments, as the phases use them."""
+
+    size: tuple
+    training: bool
+    deterministic: bool
+    seed: object
+    cache: object
+    shuffle_buffer: object
+    repeat: bool
+    drop_remainder: bool
+    batch_size: int  # per input pipeline
+    check_records: bool
+    sequential: bool
+    mode: str
+    input_context: object
+
+
+def _read_data_source(manifest, info, settings):
+    """Phases 1-2: this pipeline's files -> its records as `(index, record)`.
+
+    In record mode every pipeline must see the same record order before `shard`.
+    """
+    mode, input_context = settings.mode, settings.input_context
+    files, local_files = _select_files(manifest, info, mode, input_context,
+                                       shuffle=settings.training, seed=settings.seed)
     compression = "" if manifest.compression == "NONE" else manifest.compression
-    dataset = _read_records(dataset, local_files, compression, check_records,
-                            ordered=deterministic or mode == "record", sequential=sequential)
+    dataset = _read_records(files, local_files, compression, settings.check_records,
+                            ordered=settings.deterministic or mode == "record",
+                            sequential=settings.sequential)
     if mode == "record":
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
-    # 3. decode one by one where the batch cannot be decoded at once.
+    return dataset
+
+
+def _decode_and_parse(dataset, manifest, info, decoder, parse, parser, settings):
+    """Phases 3-5: decode (one by one when needed), cache, shuffle, repeat, batch, parse."""
+    deterministic = settings.deterministic
     if not decoder.supports_batch_decode:
         dataset = dataset.map(lambda index, record: decoder.decode(record),
                               num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
-    # 4. cache, shuffle, repeat.
-    if cache:
-        dataset = dataset.cache(cache if isinstance(cache, str) else "")
-    if training:
-        dataset = dataset.shuffle(_shuffle_buffer(manifest, info, size, shuffle_buffer),
-                                  seed=seed, reshuffle_each_iteration=True)
-    if repeat:
+    if settings.cache:
+        dataset = dataset.cache(settings.cache if isinstance(settings.cache, str) else "")
+    if settings.training:
+        buffer = _shuffle_buffer(manifest, info, settings.size, settings.shuffle_buffer)
+        dataset = dataset.shuffle(buffer, seed=settings.seed, reshuffle_each_iteration=True)
+    if settings.repeat:
         dataset = dataset.repeat()
-    # 5. batch and parse.
-    dataset = _batch_and_parse(dataset, decoder, parser,
-                               parser.parse_fn(training, with_ids=with_ids),
-                               per_replica_batch, drop_remainder, deterministic)
-    # 6. finish.
-    if not repeat:
+    return _batch_and_parse(dataset, decoder, parser, parse, settings.batch_size,
+                            settings.drop_remainder, deterministic)
+
+
+def _finish(dataset, info, settings):
+    """Phase 6: the number of batches, prefetch and the dataset options."""
+    input_context = settings.input_context
+    if not settings.repeat:
         # The record counts are known, so declare the number of batches: Keras then
         # shows progress and ends evaluation without "ran out of data" warnings.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(
-            _local_batches(info, mode, input_context, per_replica_batch, drop_remainder)))
-    return _finish(dataset, deterministic, input_context)
-
-
-def _finish(dataset, deterministic, input_context):
-    """Phase 6: prefetch and the dataset options."""
+            _local_batches(info, settings.mode, input_context, settings.batch_size,
+                           settings.drop_remainder)))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(deterministic)
+    options.deterministic = bool(settings.deterministic)
     if input_context is not None:
         # Sharding is done above; stop tf.distribute from sharding again.
         options.experimental_distribute.auto_shard_policy = (
