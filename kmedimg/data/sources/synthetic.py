@@ -61,17 +61,32 @@ def render_phantom(rng, image_size, opacity):
     angle = np.deg2rad(rng.uniform(-6, 6))
     scale = rng.uniform(0.88, 1.06)
     shift_y, shift_x = rng.uniform(-0.06, 0.06, size=2)
+    pose = (angle, scale, shift_y, shift_x)
     cos, sin = np.cos(angle), np.sin(angle)
     yy = ((yy0 - shift_y) * cos - (xx0 - shift_x) * sin) / scale
     xx = ((yy0 - shift_y) * sin + (xx0 - shift_x) * cos) / scale
 
+    # The draws happen in this order (it fixes what `rng` gives each step).
+    image, body, lungs, lung_boxes, lung_darkness = _draw_chest(rng, yy, xx)
+    image += _ribs(rng, yy, xx) * body * (0.35 + 0.65 * lungs)
+    image += _vessels(rng, yy, xx) * lungs * rng.uniform(0.03, 0.07)
+    # Low-frequency texture (scatter, soft-tissue variation).
+    image += _smooth_field(rng, yy0, xx0) * rng.uniform(0.01, 0.03) * body
+
+    facts = {"opacity": bool(opacity)}
+    if opacity:
+        image += _opacity(rng, yy, xx, lungs, lung_boxes, lung_darkness, pose, size, facts)
+    return _expose(rng, image), facts
+
+
+def _draw_chest(rng, yy, xx):
+    """Body, lung fields cut by diaphragm domes, mediastinum, heart and spine."""
     background = rng.uniform(0.02, 0.08)
     tissue = rng.uniform(0.42, 0.55)
-    image = np.full((size, size), background, dtype=np.float32)
+    image = np.full(yy.shape, background, dtype=np.float32)
     body = _soft_ellipse(yy, xx, 0.08, 0.0, 1.05, rng.uniform(0.82, 0.92), 0.06)
     image += body * (tissue - background)
 
-    # Lung fields, each cut below by a diaphragm dome.
     lungs = np.zeros_like(image)
     lung_boxes = []
     for side in (-1.0, 1.0):
@@ -97,23 +112,28 @@ def render_phantom(rng, image_size, opacity):
     image += soft_overlay * lungs * lung_darkness * rng.uniform(0.75, 0.95)
     spine = np.clip((0.06 - np.abs(xx)) / 0.02, 0, 1) * body * np.clip((0.95 - yy) / 0.2, 0, 1)
     image += spine * rng.uniform(0.04, 0.09)
+    return image, body, lungs, lung_boxes, lung_darkness
 
-    # Ribs: curved bright bands, denser laterally, seen through the lungs.
+
+def _ribs(rng, yy, xx):
+    """Curved bright bands, denser laterally (times their brightness)."""
     rib_brightness = rng.uniform(0.06, 0.11)
     rib_thickness = rng.uniform(0.028, 0.04)
     first_rib = rng.uniform(-0.78, -0.68)
     spacing = rng.uniform(0.15, 0.19)
-    ribs = np.zeros_like(image)
+    ribs = np.zeros(yy.shape, dtype=np.float32)
     for k in range(9):
         y0 = first_rib + k * spacing
         curve = y0 + 0.12 * np.abs(xx) + 0.55 * np.maximum(np.abs(xx) - 0.2, 0.0) ** 2
         band = np.clip(1.0 - np.abs(yy - curve) / rib_thickness, 0.0, 1.0)
         ribs = np.maximum(ribs, band * (np.abs(xx) > 0.07))
     # Ribs show mostly against the air of the lungs, faintly through soft tissue.
-    image += ribs * body * rib_brightness * (0.35 + 0.65 * lungs)
+    return ribs * rib_brightness
 
-    # Vessel markings: thin lines fanning out from each hilum, fading laterally.
-    vessels = np.zeros_like(image)
+
+def _vessels(rng, yy, xx):
+    """Thin lines fanning out from each hilum, fading laterally."""
+    vessels = np.zeros(yy.shape, dtype=np.float32)
     for side in (-1.0, 1.0):
         hilum_y, hilum_x = rng.uniform(-0.05, 0.1), side * 0.18
         for _ in range(rng.integers(5, 9)):
@@ -124,40 +144,42 @@ def render_phantom(rng, image_size, opacity):
             width = rng.uniform(0.008, 0.02)
             line = np.clip(1 - across / width, 0, 1) * np.clip(1 - along / 0.6, 0, 1)
             vessels = np.maximum(vessels, line * (along > 0))
-    image += vessels * lungs * rng.uniform(0.03, 0.07)
+    return vessels
 
-    # Low-frequency texture (scatter, soft-tissue variation).
-    image += _smooth_field(rng, yy0, xx0) * rng.uniform(0.01, 0.03) * body
 
-    facts = {"opacity": bool(opacity)}
-    if opacity:
-        cy, cx, ry, rx, dome_top = lung_boxes[rng.integers(0, 2)]
-        for _ in range(100):  # rejection-sample a centre well inside the lung
-            oy = cy + rng.uniform(-0.75, 0.75) * ry
-            ox = cx + rng.uniform(-0.7, 0.7) * rx
-            inside = ((oy - cy) / ry) ** 2 + ((ox - cx) / rx) ** 2 < 0.6
-            if inside and oy < dome_top - 0.05:
-                break
-        sigma = rng.uniform(0.07, 0.16)
-        contrast = rng.uniform(0.18, 0.45) * lung_darkness / 0.3
-        blob = np.exp(-(((yy - oy) ** 2 + (xx - ox) ** 2) / (2 * sigma**2)))
-        image += blob * lungs * contrast
-        # Back to image pixel coordinates for the facts (undo tilt/scale/shift).
-        py = oy * scale * cos + ox * scale * sin + shift_y
-        px = -oy * scale * sin + ox * scale * cos + shift_x
-        facts.update(
-            opacity_center_yx=[float((py + 1) / 2 * size), float((px + 1) / 2 * size)],
-            opacity_sigma_px=float(sigma * scale * size / 2),
-            opacity_contrast=float(contrast),
-        )
+def _opacity(rng, yy, xx, lungs, lung_boxes, lung_darkness, pose, size, facts):
+    """One faint, soft-edged focal opacity inside a lung field; records it in `facts`."""
+    angle, scale, shift_y, shift_x = pose
+    cos, sin = np.cos(angle), np.sin(angle)
+    cy, cx, ry, rx, dome_top = lung_boxes[rng.integers(0, 2)]
+    for _ in range(100):  # rejection-sample a centre well inside the lung
+        oy = cy + rng.uniform(-0.75, 0.75) * ry
+        ox = cx + rng.uniform(-0.7, 0.7) * rx
+        inside = ((oy - cy) / ry) ** 2 + ((ox - cx) / rx) ** 2 < 0.6
+        if inside and oy < dome_top - 0.05:
+            break
+    sigma = rng.uniform(0.07, 0.16)
+    contrast = rng.uniform(0.18, 0.45) * lung_darkness / 0.3
+    blob = np.exp(-(((yy - oy) ** 2 + (xx - ox) ** 2) / (2 * sigma**2)))
+    # Back to image pixel coordinates for the facts (undo tilt/scale/shift).
+    py = oy * scale * cos + ox * scale * sin + shift_y
+    px = -oy * scale * sin + ox * scale * cos + shift_x
+    facts.update(
+        opacity_center_yx=[float((py + 1) / 2 * size), float((px + 1) / 2 * size)],
+        opacity_sigma_px=float(sigma * scale * size / 2),
+        opacity_contrast=float(contrast),
+    )
+    return blob * lungs * contrast
 
-    # Exposure: window, gamma, noise.
+
+def _expose(rng, image):
+    """Exposure: window, gamma, noise; float32 in [0, 1]."""
     low, high = rng.uniform(-0.02, 0.06), rng.uniform(0.68, 0.85)
     image = np.clip((image - low) / (high - low), 0.0, 1.0)
     image = image ** rng.uniform(0.8, 1.25)
     noise = rng.uniform(0.02, 0.045)
     image += rng.normal(0.0, noise, size=image.shape) * np.sqrt(image + 0.05)
-    return np.clip(image, 0.0, 1.0).astype(np.float32), facts
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 @register_source("synthetic")
