@@ -233,7 +233,7 @@ def test_frames_and_patient_keys(dicom_tree):
         source = DicomSource(root, salt=SALT, frames=frames, keep_filenames=True, workers=1)
         from kmedimg.data.sources.dicom import convert_file
 
-        entries = convert_file((inputs[relative], relative, source._options()))
+        entries = convert_file((inputs[relative], relative, source.worker_options()))
         assert [e.metadata["frame"] for e in entries] == indices
         for entry, index in zip(entries, indices):
             np.testing.assert_array_equal(entry.pixels, expected[index])
@@ -263,7 +263,7 @@ def test_windows_match_pydicom_windowing(dicom_tree, window):
     source = DicomSource(root, salt=SALT, window=window, keep_filenames=True, workers=1)
     for relative in sorted(r for r in inputs if r.endswith(names)):
         ds, _ = reference_frames(inputs[relative])
-        (entry,) = convert_file((inputs[relative], relative, source._options()))
+        (entry,) = convert_file((inputs[relative], relative, source.worker_options()))
         real, _ = _real(ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder("=")), ds, 0)
         if window == "file" and "VOILUTSequence" not in ds and "WindowCenter" not in ds:
             assert isinstance(entry, Rejected) and entry.reason.startswith("no window in file")

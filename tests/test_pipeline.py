@@ -210,3 +210,27 @@ def test_a_class_sorted_source_is_read_mixed(tmp_path):
     write_dataset(ListSource(items), tmp_path, num_shards=4)
     _, labels = next(iter(load(tmp_path, "train", batch_size=8, deterministic=True)))
     assert 2 <= int(tf.reduce_sum(labels)) <= 6
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+def test_with_ids_yields_record_ids_in_manifest_order(tmp_path, encoding):
+    manifest = write_dataset(ListSource(binary_items(30)), tmp_path, encoding=encoding,
+                             val_fraction=0.2)
+    dataset = load(tmp_path, "train", image_size=(6, 10), channels=3, batch_size=7,
+                   with_ids=True)
+    assert dataset.element_spec[2].dtype == tf.string
+    batches = list(dataset)
+    ids = [value.decode() for _, _, batch_ids in batches for value in batch_ids.numpy()]
+    files = [os.path.join(tmp_path, shard.path) for shard in manifest.splits["train"].shards]
+    stored = [tf.train.Example.FromString(record).features.feature[schema.ID_KEY]
+              .bytes_list.value[0].decode()
+              for record in tf.data.TFRecordDataset(files).as_numpy_iterator()]
+    assert ids == stored  # shard after shard, record after record
+    plain = list(load(tmp_path, "train", image_size=(6, 10), channels=3, batch_size=7))
+    assert len(plain) == len(batches) == -(-len(stored) // 7)
+    assert sorted(first_pixels(plain)) == sorted(
+        int(v) for images, _, _ in batches for v in images.numpy()[:, 0, 0, 0])
+    for (images, labels, _), (expected_images, expected_labels) in zip(
+            batches, load(tmp_path, "train", image_size=(6, 10), channels=3, batch_size=7,
+                          deterministic=True)):
+        assert images.shape == expected_images.shape and labels.shape == expected_labels.shape

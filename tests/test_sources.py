@@ -24,6 +24,7 @@ from kmedimg.data.sources import (
     open_source,
     register_source,
 )
+from kmedimg.core.registry import Registry
 from kmedimg.data.sources import registry, tfds as tfds_module
 
 
@@ -409,7 +410,7 @@ def test_tfds_spec_split_mapping_and_example_conversion():
                                     ["a", "b"], "binary")
 
 
-def test_registry_detection_and_errors(tmp_path):
+def test_registry_detection_and_errors(tmp_path, monkeypatch):
     assert {"folder", "csv", "npz", "tfds", "synthetic"} <= set(list_sources())
     (tmp_path / "a").mkdir()
     assert detect_format(str(tmp_path)) == "folder"
@@ -424,19 +425,20 @@ def test_registry_detection_and_errors(tmp_path):
     odd.write_text("?")
     with pytest.raises(ValueError, match="Registered formats"):
         detect_format(str(odd))
-    with pytest.raises(ValueError, match=r"Unknown source format.*'folder'"):
+    with pytest.raises(ValueError, match=r"Unknown source format 'dicomm'\. Did you mean "
+                       r"'dicom'\?.*folder.*Received: format='dicomm'"):
         get_source_class("dicomm")
     with pytest.raises(ValueError, match="already registered"):
         register_source("folder")(type("Again", (), {}))
+
+    monkeypatch.setattr(registry, "SOURCES", Registry("source format", argument="format"))
 
     @register_source("test_only_format")
     class _Temporary:
         pass
 
-    try:
-        assert get_source_class("test_only_format") is _Temporary
-    finally:
-        registry._SOURCES.pop("test_only_format")
+    assert get_source_class("test_only_format") is _Temporary
+    assert list_sources() == ["test_only_format"]
 
 
 # ---- round trips: source -> TFRecords -> load ------------------------------------------

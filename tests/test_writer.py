@@ -358,3 +358,51 @@ def test_progress_bar_reports_both_passes(tmp_path, capsys):
     assert list(manifest.splits) == ["custom_a", "custom_b"]
     err = capsys.readouterr().err
     assert "scanned 6 items (pass 1 of 2)" in err and "6/6" in err
+
+
+def _module_imports(module):
+    import ast
+    import importlib
+    import importlib.util
+
+    tree = ast.parse(open(importlib.import_module(module).__file__).read())
+    names = set()
+    for node in tree.body:  # module level only: lazy imports inside functions are allowed
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            # `from package import module` imports the module (the package's own
+            # __init__ may import more: kmedimg.data needs TensorFlow as a whole).
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names
+                          if importlib.util.find_spec(node.module).submodule_search_locations
+                          and importlib.util.find_spec(f"{node.module}.{alias.name}")]
+            names.update(submodules or [node.module])
+    return names
+
+
+def test_plan_conversion_is_tensorflow_free_and_writes_nothing(tmp_path):
+    from kmedimg.data.planning import plan_conversion
+
+    # planning and everything it imports from kmedimg import no TensorFlow.
+    pending, seen = ["kmedimg.data.planning"], set()
+    while pending:
+        module = pending.pop()
+        seen.add(module)
+        imports = _module_imports(module)
+        assert not any(name.split(".")[0] == "tensorflow" for name in imports), module
+        pending += [name for name in imports if name.startswith("kmedimg.")
+                    and name not in seen]
+    assert {"kmedimg.data.schema", "kmedimg.data.splits", "kmedimg.core.vocabulary"} <= seen
+    items = binary_items(30) + [binary_items(1)[0], Rejected("x.png", "unreadable")]
+    source = ListSource(items)
+    plan = plan_conversion(source, val_fraction=0.2, drop_duplicates=True)
+    assert source.passes == 1 and os.listdir(tmp_path) == []
+    assert sum(len(entries) for entries in plan.splits.values()) == 30
+    assert set(plan.splits) == {"train", "val"} and plan.dropped == 1
+    assert plan.rejected_by_source == 1 and len(plan.rejected_rows()) == 2
+    assert len(plan.shard_of) == 30
+    assert plan.shard_counts == {"train": 4, "val": 4}
+    manifest = write_dataset(ListSource(items), tmp_path, val_fraction=0.2,
+                             drop_duplicates=True)
+    assert {name: info.count for name, info in manifest.splits.items()} == {
+        name: len(entries) for name, entries in plan.splits.items()}

@@ -23,6 +23,8 @@ class RecordDecoder:
 
     Args:
         manifest: the dataset's `schema.Manifest`.
+        include_ids: also decode each record's `id` string (as `"id"`).
+            Defaults to `False`.
 
     Example:
 
@@ -33,8 +35,9 @@ class RecordDecoder:
     ```
     """
 
-    def __init__(self, manifest):
+    def __init__(self, manifest, include_ids=False):
         self.manifest = manifest
+        self.include_ids = bool(include_ids)
         self.image_dtype = tf.as_dtype(manifest.dtype)
         self.channels = int(manifest.channels)
         self.num_classes = len(manifest.class_names)
@@ -45,11 +48,14 @@ class RecordDecoder:
         )
         spec = schema.feature_spec()
         # Parse only what is used: every extra feature costs time on the hot path.
-        self._batch_spec = {key: spec[key] for key in (schema.IMAGE_KEY, schema.LABEL_KEY)}
+        ids = (schema.ID_KEY,) if self.include_ids else ()
+        self._batch_spec = {
+            key: spec[key] for key in (schema.IMAGE_KEY, schema.LABEL_KEY) + ids
+        }
         self._single_spec = {
             key: spec[key]
             for key in (schema.IMAGE_KEY, schema.HEIGHT_KEY, schema.WIDTH_KEY,
-                        schema.LABEL_KEY)
+                        schema.LABEL_KEY) + ids
         }
 
     @property
@@ -64,7 +70,8 @@ class RecordDecoder:
         """Decodes a 1-D batch of serialized records.
 
         Returns:
-            dict with "image" ([B, H, W, C], stored dtype) and "labels" ([B, K] bool).
+            dict with "image" ([B, H, W, C], stored dtype), "labels" ([B, K] bool)
+            and, with `include_ids`, "id" ([B] string).
         """
         if not self.supports_batch_decode:
             raise ValueError(
@@ -80,14 +87,14 @@ class RecordDecoder:
         images = tf.reshape(flat, (-1 if batch is None else batch,) + self.stored_shape)
         labels = self._indicator(parsed[schema.LABEL_KEY])
         labels = tf.ensure_shape(labels, (batch, self.num_classes))
-        return {"image": images, "labels": labels}
+        return self._with_id({"image": images, "labels": labels}, parsed)
 
     def decode(self, serialized):
         """Decodes one serialized record.
 
         Returns:
-            dict with "image" ([H, W, C], stored dtype; H and W may be dynamic) and
-            "labels" ([K] bool).
+            dict with "image" ([H, W, C], stored dtype; H and W may be dynamic),
+            "labels" ([K] bool) and, with `include_ids`, "id" (a string).
         """
         parsed = tf.io.parse_single_example(serialized, self._single_spec)
         encoded = parsed[schema.IMAGE_KEY]
@@ -104,4 +111,9 @@ class RecordDecoder:
         else:
             image = tf.ensure_shape(image, (None, None, self.channels))
         labels = tf.ensure_shape(self._indicator(parsed[schema.LABEL_KEY]), (self.num_classes,))
-        return {"image": image, "labels": labels}
+        return self._with_id({"image": image, "labels": labels}, parsed)
+
+    def _with_id(self, decoded, parsed):
+        if self.include_ids:
+            decoded["id"] = parsed[schema.ID_KEY]
+        return decoded

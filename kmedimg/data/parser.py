@@ -66,16 +66,24 @@ class RecordParser:
             return labels[..., 1:2]
         return labels
 
-    def parse_fn(self, is_training):
-        """Returns a function decoded-dict -> (images, labels).
+    def parse_fn(self, is_training, with_ids=False):
+        """Returns a function decoded-dict -> (images, labels), or (images, labels, ids).
 
         Training and evaluation parse alike (augmentation lives in the model, so an
         exported model sees the same pixels); `is_training` is kept for symmetry with
         the Decoder/Parser pattern and future train-only steps.
+
+        Args:
+            is_training: whether the records feed training.
+            with_ids: also return the decoded `"id"` (a `RecordDecoder` built with
+                `include_ids=True`). Defaults to `False`.
         """
         del is_training
 
         def parse(decoded):
             return self._image(decoded["image"]), self._labels(decoded["labels"])
 
-        return parse
+        def parse_with_ids(decoded):
+            return parse(decoded) + (decoded["id"],)
+
+        return parse_with_ids if with_ids else parse

@@ -1,26 +1,42 @@
-"""Reading kmedimg datasets: `read_manifest`, `verify`, `load` and `make_dataset_fn`.
+"""`load` and `make_dataset_fn`: the tf.data input pipeline of one split.
 
-`load` builds the tf.data input pipeline:
+`load` runs named phases, in the spirit of Model Garden's
+`official/core/input_reader.py` (`read` = read the data source, then decode and
+parse, then prefetch):
 
-    shard files -> [shard by file] -> shuffle files -> interleave TFRecordDatasets
-      -> [shard by record] -> [cache] -> shuffle -> repeat
-      -> batch -> vectorised parse+decode+resize          (raw records, one shape)
-      or  parallel per-record decode -> resize -> batch   (PNG or mixed shapes)
-      -> prefetch
+1. select files:      shard files of the split -> [shard by file] -> [shuffle files]
+2. read records:      interleave TFRecordDatasets (checked against the manifest's
+                      record counts) -> [shard by record]
+3. decode:            per record, PNG or mixed shapes only (`RecordDecoder.decode`)
+4. shuffle + repeat:  [cache] -> [shuffle] -> [repeat]
+5. batch + parse:     raw records of one shape: batch -> one vectorised
+                      `parse_example` + `decode_raw` per batch -> resize/channels
+                      (`RecordParser`); otherwise [resize each] -> batch -> parse
+6. finish:            [declare the number of batches] -> prefetch -> options
 
-The vectorised path (batch first, then one `parse_example` + `decode_raw` per batch)
-is what makes raw storage several times faster than decoding image files.
+`_read_data_source` runs phases 1-2, `_decode_and_parse` 3-5, `_finish` 6.
+
+The vectorised path (batch first, then decode the whole batch) is what makes raw
+storage several times faster than decoding image files. `read_manifest` and `verify`
+live in `kmedimg.data.manifest_files` and are re-exported here.
 """
 
-import concurrent.futures
+import dataclasses
 import logging
 import warnings
 
 import tensorflow as tf
 
+from kmedimg.core.run_directory import join
 from kmedimg.data import schema
-from kmedimg.data.paths import join, sha256_of
 from kmedimg.data.decoder import RecordDecoder
+from kmedimg.data.manifest_files import (
+    as_manifest,
+    check_shard_sizes,
+    read_manifest,
+    split_info,
+    verify,
+)
 from kmedimg.data.parser import RecordParser
 
 logger = logging.getLogger(__name__)
@@ -29,119 +45,7 @@ logger = logging.getLogger(__name__)
 _SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
 _DEFAULT_SHUFFLE_RECORDS = 2048
 
-
-def read_manifest(path):
-    """Reads and validates a dataset's `dataset.json`.
-
-    Args:
-        path: the dataset directory or the `dataset.json` file (local or gs://).
-
-    Returns:
-        The `schema.Manifest`, with `.directory` set to the dataset directory.
-
-    Raises:
-        FileNotFoundError: when there is no manifest at `path`.
-        ValueError: when the manifest is invalid (naming the file and the field).
-    """
-    path = str(path)
-    if path.endswith(schema.MANIFEST_NAME) and not tf.io.gfile.isdir(path):
-        manifest_path = path
-        directory = path[: -len(schema.MANIFEST_NAME)].rstrip("/") or "."
-    else:
-        manifest_path = join(path, schema.MANIFEST_NAME)
-        directory = path
-    if not tf.io.gfile.exists(manifest_path):
-        hint = (
-            " The directory exists but has no manifest: the conversion may have been "
-            "interrupted; run `kmedimg convert` again."
-            if tf.io.gfile.isdir(directory)
-            else ""
-        )
-        raise FileNotFoundError(
-            f"No kmedimg dataset at {path}: {manifest_path} does not exist.{hint}"
-        )
-    with tf.io.gfile.GFile(manifest_path, "r") as handle:
-        manifest = schema.Manifest.from_json(handle.read(), where=manifest_path)
-    manifest.directory = directory
-    return manifest
-
-
-def _as_manifest(path_or_manifest):
-    if isinstance(path_or_manifest, schema.Manifest):
-        if not getattr(path_or_manifest, "directory", None):
-            raise ValueError(
-                "This Manifest does not know its directory; pass the dataset path, or a "
-                "manifest from `read_manifest(path)` / `write_dataset(...)`. "
-                "Received: a Manifest without `.directory`"
-            )
-        return path_or_manifest
-    return read_manifest(path_or_manifest)
-
-
-def _split_info(manifest, split):
-    if split not in manifest.splits:
-        raise ValueError(
-            f"{join(manifest.directory, schema.MANIFEST_NAME)}: no split {split!r}; "
-            f"available splits: {sorted(manifest.splits)}. Received: split={split!r}"
-        )
-    info = manifest.splits[split]
-    if not info.shards or info.count == 0:
-        raise ValueError(
-            f"{join(manifest.directory, schema.MANIFEST_NAME)}: split {split!r} is "
-            f"empty. Received: split={split!r}"
-        )
-    return info
-
-
-def _check_shard_sizes(manifest, shards):
-    """Stats every shard (in parallel: gs:// stats are slow) against the manifest."""
-
-    def check(shard):
-        path = join(manifest.directory, shard.path)
-        try:
-            length = tf.io.gfile.stat(path).length
-        except tf.errors.NotFoundError:
-            return f"shard {path} is missing"
-        if length != shard.bytes:
-            return (
-                f"shard {path} has {length} bytes but the manifest says {shard.bytes} "
-                "(truncated or replaced); re-run the conversion or restore the file"
-            )
-        return None
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        problems = [problem for problem in pool.map(check, shards) if problem]
-    if problems:
-        raise ValueError("; ".join(problems[:5]) + (
-            f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
-
-
-def verify(path_or_manifest, splits=None):
-    """Recomputes every shard's sha256 and compares it with the manifest.
-
-    Args:
-        path_or_manifest: dataset directory, `dataset.json` path or Manifest.
-        splits: split names to check. Defaults to `None` (all).
-
-    Returns:
-        The manifest, when every shard matches.
-
-    Raises:
-        ValueError: naming the first shard whose size or checksum does not match.
-    """
-    manifest = _as_manifest(path_or_manifest)
-    for name in splits or list(manifest.splits):
-        info = _split_info(manifest, name)
-        _check_shard_sizes(manifest, info.shards)
-        for shard in info.shards:
-            shard_path = join(manifest.directory, shard.path)
-            actual = sha256_of(shard_path)
-            if actual != shard.sha256:
-                raise ValueError(
-                    f"shard {shard_path}: sha256 {actual} does not match the "
-                    f"manifest's {shard.sha256}; the file is corrupt or was replaced."
-                )
-    return manifest
+__all__ = ["load", "make_dataset_fn", "read_manifest", "sharding_mode", "verify"]
 
 
 def _normalize_size(image_size, manifest):
@@ -217,6 +121,108 @@ def sharding_mode(num_files, input_context):
     return "file" if num_files >= input_context.num_input_pipelines else "record"
 
 
+def _log_sharding(split, mode, num_files, input_context):
+    if mode == "record":
+        message = (
+            f"split {split!r} has {num_files} shard file(s) for "
+            f"{input_context.num_input_pipelines} input pipelines: sharding by record "
+            "(every pipeline reads every file). Rewrite with more shards "
+            "(num_shards / --shards) to shard by file."
+        )
+        warnings.warn(message, stacklevel=3)
+        logger.warning(message)
+    elif mode == "file":
+        logger.info(
+            "split %r: sharding %d files by file across %d input pipelines",
+            split, num_files, input_context.num_input_pipelines,
+        )
+
+
+def _select_files(manifest, info, mode, input_context, shuffle, seed):
+    """Phase 1: `(path, expected records)` of this pipeline's shard files.
+
+    Returns:
+        `(dataset, local_files)`.
+    """
+    files = [join(manifest.directory, shard.path) for shard in info.shards]
+    expected = tf.constant([int(shard.records) for shard in info.shards], tf.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((files, expected))
+    local_files = len(files)
+    if mode == "file":
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+        local_files = len(files[input_context.input_pipeline_id::
+                                input_context.num_input_pipelines])
+    if shuffle and mode != "record" and local_files > 1:
+        dataset = dataset.shuffle(local_files, seed=seed, reshuffle_each_iteration=True)
+    return dataset, local_files
+
+
+def _read_records(files, local_files, compression, check_records, ordered, sequential):
+    """Phase 2: interleaves the files' records as `(index, record)`.
+
+    `sequential` reads one file after the other (manifest order); otherwise up to
+    16 files are read in parallel, record by record.
+    """
+    if check_records:
+        def read(path, records):
+            return _checked_records(path, records, compression)
+    else:
+        def read(path, records):
+            records_in_file = tf.data.TFRecordDataset(path, compression_type=compression)
+            return tf.data.Dataset.zip((tf.data.Dataset.range(records), records_in_file))
+    return files.interleave(
+        read,
+        cycle_length=1 if sequential else max(1, min(local_files, 16)),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=ordered,
+    )
+
+
+def _shuffle_buffer(manifest, info, size, shuffle_buffer):
+    if shuffle_buffer is None:
+        height = manifest.height or size[0]
+        width = manifest.width or size[1]
+        record_bytes = height * width * manifest.channels * (
+            2 if manifest.dtype == "uint16" else 1) + 64
+        shuffle_buffer = max(
+            64, min(_DEFAULT_SHUFFLE_RECORDS, _SHUFFLE_BUFFER_BYTES // record_bytes)
+        )
+    return min(shuffle_buffer, max(1, info.count))
+
+
+def _batch_and_parse(dataset, decoder, parser, parse, batch_size, drop_remainder,
+                     deterministic):
+    """Phase 5: batches and parses (vectorised decode for raw records of one shape)."""
+    if decoder.supports_batch_decode:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        return dataset.map(lambda indices, records: parse(decoder.decode_batch(records)),
+                           num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=deterministic)
+    if decoder.stored_shape is None:
+        # Mixed stored sizes: bring each image to `size` before batching.
+        dataset = dataset.map(
+            lambda decoded: dict(decoded, image=parser.resize(decoded["image"])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # Batch the small stored-dtype images, then cast / resize / set channels once
+    # per batch: cheaper than handling float RGB images one by one.
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=deterministic)
+
+
+def _check_load_arguments(manifest, image_size, channels, batch_size):
+    size = _normalize_size(image_size, manifest)
+    if channels is None:
+        channels = manifest.channels
+    if channels not in schema.CHANNELS:
+        raise ValueError(f"`channels` must be one of {schema.CHANNELS}. Received: {channels!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
+    return size, channels
+
+
 def load(
     path_or_manifest,
     split,
@@ -233,6 +239,7 @@ def load(
     drop_remainder=None,
     check_files=True,
     check_records=True,
+    with_ids=False,
 ):
     """Builds the tf.data pipeline of one split.
 
@@ -265,11 +272,15 @@ def load(
         check_records: count each shard's readable records against the manifest while
             reading, so a corrupt shard fails with an error naming the file (instead
             of TensorFlow's nameless "corrupted record at N"). Defaults to `True`.
+        with_ids: also yield each record's `id` string; without `training`, records
+            then come in manifest order (shard after shard, in order), for
+            predictions that line up with the records. Defaults to `False`.
 
     Returns:
-        A `tf.data.Dataset` of `(images, labels)`: images float32 [B, H, W, C] in the
-        stored intensity range; labels float32 [B, 1] (binary), one-hot [B, K]
-        (multiclass) or multi-hot [B, K] (multilabel).
+        A `tf.data.Dataset` of `(images, labels)` (or `(images, labels, ids)` with
+        `with_ids`): images float32 [B, H, W, C] in the stored intensity range;
+        labels float32 [B, 1] (binary), one-hot [B, K] (multiclass) or multi-hot
+        [B, K] (multilabel); ids string [B].
 
     Example:
 
@@ -279,124 +290,103 @@ def load(
     images, labels = next(iter(train))
     ```
     """
-    manifest = _as_manifest(path_or_manifest)
-    info = _split_info(manifest, split)
-    size = _normalize_size(image_size, manifest)
-    if channels is None:
-        channels = manifest.channels
-    if channels not in schema.CHANNELS:
-        raise ValueError(f"`channels` must be one of {schema.CHANNELS}. Received: {channels!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
-    repeat = training if repeat is None else repeat
-    drop_remainder = training if drop_remainder is None else drop_remainder
-    if deterministic and seed is None:
-        seed = 0
+    manifest = as_manifest(path_or_manifest)
+    info = split_info(manifest, split)
+    size, channels = _check_load_arguments(manifest, image_size, channels, batch_size)
+    sequential = with_ids and not training
+    deterministic = deterministic or sequential
+    mode = sharding_mode(len(info.shards), input_context)
+    _log_sharding(split, mode, len(info.shards), input_context)
+    settings = _Settings(
+        size=size, training=training, deterministic=deterministic,
+        seed=0 if deterministic and seed is None else seed,
+        cache=cache, shuffle_buffer=shuffle_buffer,
+        repeat=training if repeat is None else repeat,
+        drop_remainder=training if drop_remainder is None else drop_remainder,
+        batch_size=(batch_size if input_context is None
+                    else input_context.get_per_replica_batch_size(batch_size)),
+        check_records=check_records, sequential=sequential, mode=mode,
+        input_context=input_context,
+    )
     if check_files:
-        _check_shard_sizes(manifest, info.shards)
-
-    files = [join(manifest.directory, shard.path) for shard in info.shards]
-    expected = tf.constant([int(shard.records) for shard in info.shards], tf.int64)
-    mode = sharding_mode(len(files), input_context)
-    per_replica_batch = batch_size
-    if input_context is not None:
-        per_replica_batch = input_context.get_per_replica_batch_size(batch_size)
-    if mode == "record":
-        message = (
-            f"split {split!r} has {len(files)} shard file(s) for "
-            f"{input_context.num_input_pipelines} input pipelines: sharding by record "
-            "(every pipeline reads every file). Rewrite with more shards "
-            "(num_shards / --shards) to shard by file."
-        )
-        warnings.warn(message, stacklevel=2)
-        logger.warning(message)
-    elif mode == "file":
-        logger.info(
-            "split %r: sharding %d files by file across %d input pipelines",
-            split, len(files), input_context.num_input_pipelines,
-        )
-
-    decoder = RecordDecoder(manifest)
+        check_shard_sizes(manifest, info.shards)
+    decoder = RecordDecoder(manifest, include_ids=with_ids)
     parser = RecordParser(manifest.task, manifest.num_classes, size, channels,
                           manifest.channels)
-    parse = parser.parse_fn(training)
-    compression = "" if manifest.compression == "NONE" else manifest.compression
+    dataset = _read_data_source(manifest, info, settings)
+    dataset = _decode_and_parse(dataset, manifest, info, decoder,
+                                parser.parse_fn(training, with_ids=with_ids), parser,
+                                settings)
+    return _finish(dataset, info, settings)
 
-    dataset = tf.data.Dataset.from_tensor_slices((files, expected))
-    local_files = len(files)
-    if mode == "file":
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-        local_files = len(files[input_context.input_pipeline_id::
-                                input_context.num_input_pipelines])
-    # In record mode every pipeline must see the same record order before `shard`.
-    ordered = deterministic or mode == "record"
-    if training and mode != "record" and local_files > 1:
-        dataset = dataset.shuffle(local_files, seed=seed, reshuffle_each_iteration=True)
-    # Both readers yield (index, record); the index is ignored downstream.
-    if check_records:
-        def read(path, records):
-            return _checked_records(path, records, compression)
-    else:
-        def read(path, records):
-            records_in_file = tf.data.TFRecordDataset(path, compression_type=compression)
-            return tf.data.Dataset.zip((tf.data.Dataset.range(records), records_in_file))
-    dataset = dataset.interleave(
-        read,
-        cycle_length=max(1, min(local_files, 16)),
-        block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=ordered,
-    )
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """`load`'s validated arguments, as the phases use them."""
+
+    size: tuple
+    training: bool
+    deterministic: bool
+    seed: object
+    cache: object
+    shuffle_buffer: object
+    repeat: bool
+    drop_remainder: bool
+    batch_size: int  # per input pipeline
+    check_records: bool
+    sequential: bool
+    mode: str
+    input_context: object
+
+
+def _read_data_source(manifest, info, settings):
+    """Phases 1-2: this pipeline's files -> its records as `(index, record)`.
+
+    In record mode every pipeline must see the same record order before `shard`.
+    """
+    mode, input_context = settings.mode, settings.input_context
+    files, local_files = _select_files(manifest, info, mode, input_context,
+                                       shuffle=settings.training, seed=settings.seed)
+    compression = "" if manifest.compression == "NONE" else manifest.compression
+    dataset = _read_records(files, local_files, compression, settings.check_records,
+                            ordered=settings.deterministic or mode == "record",
+                            sequential=settings.sequential)
     if mode == "record":
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
+    return dataset
 
-    vectorised = decoder.supports_batch_decode
-    if not vectorised:
+
+def _decode_and_parse(dataset, manifest, info, decoder, parse, parser, settings):
+    """Phases 3-5: decode (one by one when needed), cache, shuffle, repeat, batch, parse."""
+    deterministic = settings.deterministic
+    if not decoder.supports_batch_decode:
         dataset = dataset.map(lambda index, record: decoder.decode(record),
                               num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
-    if cache:
-        dataset = dataset.cache(cache if isinstance(cache, str) else "")
-    if training:
-        if shuffle_buffer is None:
-            height = manifest.height or size[0]
-            width = manifest.width or size[1]
-            record_bytes = height * width * manifest.channels * (
-                2 if manifest.dtype == "uint16" else 1) + 64
-            shuffle_buffer = max(
-                64, min(_DEFAULT_SHUFFLE_RECORDS, _SHUFFLE_BUFFER_BYTES // record_bytes)
-            )
-        dataset = dataset.shuffle(min(shuffle_buffer, max(1, info.count)), seed=seed,
-                                  reshuffle_each_iteration=True)
-    if repeat:
+    if settings.cache:
+        dataset = dataset.cache(settings.cache if isinstance(settings.cache, str) else "")
+    if settings.training:
+        buffer = _shuffle_buffer(manifest, info, settings.size, settings.shuffle_buffer)
+        dataset = dataset.shuffle(buffer, seed=settings.seed, reshuffle_each_iteration=True)
+    if settings.repeat:
         dataset = dataset.repeat()
-    if vectorised:
-        dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
-        dataset = dataset.map(lambda indices, records: parse(decoder.decode_batch(records)),
-                              num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=deterministic)
-    else:
-        if decoder.stored_shape is None:
-            # Mixed stored sizes: bring each image to `size` before batching.
-            dataset = dataset.map(
-                lambda decoded: dict(decoded, image=parser.resize(decoded["image"])),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-        # Batch the small stored-dtype images, then cast / resize / set channels once
-        # per batch: cheaper than handling float RGB images one by one.
-        dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
-        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=deterministic)
-    if not repeat:
+    return _batch_and_parse(dataset, decoder, parser, parse, settings.batch_size,
+                            settings.drop_remainder, deterministic)
+
+
+def _finish(dataset, info, settings):
+    """Phase 6: the number of batches, prefetch and the dataset options."""
+    input_context = settings.input_context
+    if not settings.repeat:
         # The record counts are known, so declare the number of batches: Keras then
         # shows progress and ends evaluation without "ran out of data" warnings.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(
-            _local_batches(info, mode, input_context, per_replica_batch, drop_remainder)))
+            _local_batches(info, settings.mode, input_context, settings.batch_size,
+                           settings.drop_remainder)))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
-
     options = tf.data.Options()
-    options.deterministic = bool(deterministic)
+    options.deterministic = bool(settings.deterministic)
     if input_context is not None:
         # Sharding is done above; stop tf.distribute from sharding again.
         options.experimental_distribute.auto_shard_policy = (
@@ -420,7 +410,7 @@ def make_dataset_fn(path_or_manifest, split, image_size=None, batch_size=32, tra
         make_dataset_fn("/tmp/phantoms", "train", 128, 64, training=True))
     ```
     """
-    manifest = _as_manifest(path_or_manifest)
+    manifest = as_manifest(path_or_manifest)
 
     def dataset_fn(input_context):
         return load(manifest, split, image_size=image_size, batch_size=batch_size,

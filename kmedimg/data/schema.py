@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from kmedimg.core.vocabulary import PIXEL_DTYPES, TASKS
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "dataset.json"
 REJECTED_NAME = "rejected.csv"
 
 ENCODINGS = ("raw", "png")
-DTYPES = ("uint8", "uint16")
+DTYPES = PIXEL_DTYPES
 CHANNELS = (1, 3)
 COMPRESSIONS = ("NONE", "ZLIB", "GZIP")
-TASKS = ("binary", "multiclass", "multilabel")
 
 IMAGE_KEY = "image/encoded"
 ENCODING_KEY = "image/encoding"

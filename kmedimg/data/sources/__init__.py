@@ -1,8 +1,8 @@
 """Importers, one per source format; each yields `Item`s and `Rejected`s.
 
 The registry is explicit: each format module below registers its class with
-`@register_source("name")`, and this list of imports is the one place to add a
-format (the DICOM and NIfTI importers add their modules here).
+`@register_source("name")` (into `registry.SOURCES`, a `kmedimg.core.Registry`), and
+this list of imports is the one place to add a format.
 """
 
 from kmedimg.data.sources.base import Item, Rejected, Source
@@ -19,7 +19,7 @@ from kmedimg.data.sources import folder  # noqa: E402,F401  "folder"
 from kmedimg.data.sources import csv_source  # noqa: E402,F401  "csv"
 from kmedimg.data.sources import npz  # noqa: E402,F401  "npz"
 from kmedimg.data.sources import tfds  # noqa: E402,F401  "tfds"
-from kmedimg.data import synthetic  # noqa: E402,F401  "synthetic"
+from kmedimg.data.sources import synthetic  # noqa: E402,F401  "synthetic"
 from kmedimg.data.sources import dicom  # noqa: E402,F401  "dicom"
 from kmedimg.data.sources import nifti  # noqa: E402,F401  "nifti"
 

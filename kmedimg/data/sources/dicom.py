@@ -25,104 +25,36 @@ record ids, `Item.source` and rejected.csv use salted hashes of the relative pat
 unless `keep_filenames=True`; error reasons are scrubbed of paths and of the file's
 text values.
 
-Decoding runs in `workers` processes (an ordered, bounded map), so the output is
-identical for any worker count.
+Walking the tree, labels, privacy of names and decoding in `workers` processes (an
+ordered, bounded map, so the output is identical for any worker count) are shared
+with the NIfTI importer (`kmedimg.data.sources.file_tree.FileTreeSource`).
 """
 
-import collections
-import logging
 import os
 
 import numpy as np
 
 from kmedimg.data.sources import dicom_pixels, privacy
-from kmedimg.data.sources.base import Item, Rejected
-from kmedimg.data.sources.file_tree import walk_files
-from kmedimg.data.sources.label_table import LabelTable
-from kmedimg.data.sources.parallel import check_workers, ordered_map
+from kmedimg.data.sources.base import Item
+from kmedimg.data.sources.dicom_objects import (
+    check_transfer_syntax,
+    object_problem,
+    phi_values,
+    pixel_problem,
+    uid_name,
+)
+from kmedimg.data.sources.file_tree import (
+    FileTreeSource,
+    item_name,
+    no_label_reason,
+    reject,
+    walk_files,
+)
+from kmedimg.data.sources.label_table import KEY_COLUMNS
 from kmedimg.data.sources.registry import register_source
-
-logger = logging.getLogger(__name__)
 
 FRAME_CHOICES = ("first", "middle", "all")
 DTYPE_CHOICES = (None, "auto", "uint16")
-#: SOP Class UID prefixes of objects that are not images to classify.
-NON_IMAGE_SOP_PREFIXES = (
-    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
-    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registrations, fiducials, SEG, surface SEG
-    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
-    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
-    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms (ECG, audio, ...)
-    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA / STL
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose (a dose grid)
-    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
-    "1.2.840.10008.5.1.4.1.1.481.4",  # RT Beams Treatment Record
-    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan
-    "1.2.840.10008.5.1.4.1.1.481.6",  # RT Brachy Treatment Record
-    "1.2.840.10008.5.1.4.1.1.481.7",  # RT Treatment Summary Record
-    "1.2.840.10008.5.1.4.1.1.481.8",  # RT Ion Plan
-    "1.2.840.10008.5.1.4.1.1.481.9",  # RT Ion Beams Treatment Record
-    "1.2.840.10008.5.1.4.1.1.67",  # real world value mapping
-    "1.2.840.10008.5.1.4.1.1.68.",  # surface objects
-)
-PHOTOMETRICS = (
-    "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
-    "PALETTE COLOR",
-)
-#: Value representations whose values may be PHI; masked in any error reason.
-PHI_VRS = ("PN", "DA", "DT", "TM", "LO", "SH", "LT", "ST", "UT", "AS", "UC", "UR", "AE")
-
-
-def _is_non_image(sop_class):
-    sop_class = str(sop_class)
-    return any(
-        sop_class == prefix.rstrip(".") or sop_class.startswith(prefix)
-        for prefix in NON_IMAGE_SOP_PREFIXES
-    )
-
-
-def _uid_name(uid):
-    from pydicom.uid import UID
-
-    name = UID(str(uid)).name
-    return name if name and name != str(uid) else "unknown SOP class"
-
-
-def _phi_values(ds):
-    """Text values of the dataset that may be PHI (used to scrub error reasons)."""
-    from pydicom.multival import MultiValue
-
-    values = []
-    try:
-        for element in ds.iterall():
-            if element.VR not in PHI_VRS or element.value in (None, ""):
-                continue
-            value = element.value
-            items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-            for item in items:
-                values.append(str(item))
-                if element.VR == "PN":
-                    values.extend(part for part in str(item).replace("=", "^").split("^") if part)
-    except Exception:  # noqa: BLE001 - a damaged dataset: mask what was collected
-        pass
-    return values
-
-
-def _infer_transfer_syntax(ds):
-    """Sets a missing file_meta Transfer Syntax UID from the encoding pydicom detected."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    implicit, little = ds.original_encoding
-    if implicit is None or little is None:
-        return False
-    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
-        ds.file_meta = FileMetaDataset()
-    if implicit:
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    else:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-    return True
 
 
 def _frame_indices(count, frames):
@@ -144,18 +76,14 @@ def convert_file(job):
     import pydicom
 
     path, relative, options = job
-    salt = options["salt"]
-    file_id = privacy.salted_hash(salt, "file", relative)
-    name = relative if options["keep_filenames"] else file_id
+    name = item_name(options, relative)
     masks = [path, relative, os.path.basename(path)]
     stem = os.path.splitext(os.path.basename(path))[0]
     masks.append(stem)
 
     def rejected(reason, ds=None):
-        extra = _phi_values(ds) if ds is not None else []
-        reason = " ".join(privacy.scrub(reason, masks + extra).split())
-        logger.debug("rejected %s: %s", name, reason)
-        return [Rejected(name, reason)]
+        extra = phi_values(ds) if ds is not None else []
+        return reject(name, reason, masks + extra, one_line=True)
 
     with privacy.silenced("pydicom"):
         try:
@@ -174,17 +102,9 @@ def convert_file(job):
                 )
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}")
         try:
-            return _convert_dataset(ds, has_preamble, relative, name, options, rejected)
+            return _convert_dataset(ds, has_preamble, relative, options, rejected)
         except Exception as error:  # noqa: BLE001 - a damaged file must not stop the run
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}", ds)
-
-
-def crashed_file(job):
-    """The result for a file whose worker process died (e.g. a decoder segfault)."""
-    path, relative, options = job
-    name = relative if options["keep_filenames"] else privacy.salted_hash(
-        options["salt"], "file", relative)
-    return [Rejected(name, "decoder crashed: the worker process died while decoding this file")]
 
 
 def _has_preamble_safe(path):
@@ -196,33 +116,28 @@ def _has_preamble_safe(path):
         return False
 
 
-def _convert_dataset(ds, has_preamble, relative, name, options, rejected):
-    from pydicom.pixels.decoders.base import get_decoder
+def _patient_key(ds, salt, relative, facts):
+    """Salted hash of PatientID, else StudyInstanceUID, else the file."""
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    study = str(ds.get("StudyInstanceUID", "") or "").strip()
+    if patient_id:
+        facts["patient_key_from"] = "PatientID"
+        return privacy.salted_hash(salt, "PatientID", patient_id)
+    if study:
+        facts["patient_key_from"] = "StudyInstanceUID"
+        return privacy.salted_hash(salt, "StudyInstanceUID", study)
+    facts["patient_key_from"] = "file"
+    return privacy.salted_hash(salt, "file", relative)
+
+
+def _convert_dataset(ds, has_preamble, relative, options, rejected):
     from pydicom.pixels.utils import get_nr_frames
     from pydicom.uid import UID
 
-    salt = options["salt"]
     facts = {"forced_read": not has_preamble}
-    meta = getattr(ds, "file_meta", None)
-    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
-    media_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta else ""
-    has_pixels = "PixelData" in ds
-    if not has_preamble and not (sop_class or has_pixels):
-        return rejected(
-            "not a DICOM file: no DICM preamble, and a forced read found no DICOM image "
-            "(no SOP Class UID, no Pixel Data)"
-        )
-    for uid in (sop_class, media_class):
-        if uid and _is_non_image(uid):
-            return rejected(f"non-image object: {_uid_name(uid)} ({uid})")
-    if not has_pixels:
-        kind = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
-        if kind:
-            return rejected(f"unsupported pixel data: {kind} (float images) is not supported")
-        return rejected(
-            "no Pixel Data: the file holds no image"
-            + (" (the file may be truncated)" if sop_class and not _is_non_image(sop_class) else "")
-        )
+    problem = object_problem(ds, has_preamble)
+    if problem:
+        return rejected(problem)
     labels = options["labels"].lookup(
         relative,
         {
@@ -231,43 +146,14 @@ def _convert_dataset(ds, has_preamble, relative, name, options, rejected):
         },
     )
     if labels is None:
-        table = options["labels"]
-        where = (
-            "not inside a class folder" if table.kind == "folders"
-            else f"no row for its {table.key_column} in the labels CSV"
-        )
-        return rejected(f"no label: {where}")
-    transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta else ""
-    if not transfer_syntax:
-        if not _infer_transfer_syntax(ds):
-            return rejected("unsupported transfer syntax: missing, and cannot be inferred")
-        facts["transfer_syntax_inferred"] = True
-        transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-    try:
-        decoder = get_decoder(UID(transfer_syntax))
-    except NotImplementedError:
-        return rejected(
-            f"unsupported transfer syntax: {UID(transfer_syntax).name} ({transfer_syntax}) "
-            "has no pixel data decoder"
-        )
-    if not decoder.is_available:
-        return rejected(
-            f"unsupported transfer syntax: {UID(transfer_syntax).name} ({transfer_syntax}) "
-            f"needs one of {decoder.missing_dependencies} (pip install 'kmedimg[dicom]')"
-        )
+        return rejected(no_label_reason(options["labels"]))
+    transfer_syntax, problem = check_transfer_syntax(ds, facts)
+    if problem:
+        return rejected(problem)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
-    if photometric not in PHOTOMETRICS:
-        return rejected(
-            f"unsupported photometric interpretation: {photometric or 'missing'}; "
-            f"supported {list(PHOTOMETRICS)}"
-        )
-    monochrome = photometric.startswith("MONOCHROME")
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0)
-    if monochrome and bits > 16 and options["window"] is None:
-        return rejected(
-            f"bit depth: Bits Stored {bits} > 16 cannot be stored losslessly in uint16; "
-            "pass a window (window=, CLI --window/--window-preset) to store 8 bits"
-        )
+    problem = pixel_problem(ds, photometric, options["window"])
+    if problem:
+        return rejected(problem)
     count = get_nr_frames(ds, warn=False)
     indices = _frame_indices(count, options["frames"])
     try:
@@ -281,28 +167,26 @@ def _convert_dataset(ds, has_preamble, relative, name, options, rejected):
             f"{type(error).__name__}: {text}",
             ds,
         )
-    patient_id = str(ds.get("PatientID", "") or "").strip()
-    study = str(ds.get("StudyInstanceUID", "") or "").strip()
-    if patient_id:
-        patient = privacy.salted_hash(salt, "PatientID", patient_id)
-        facts["patient_key_from"] = "PatientID"
-    elif study:
-        patient = privacy.salted_hash(salt, "StudyInstanceUID", study)
-        facts["patient_key_from"] = "StudyInstanceUID"
-    else:
-        patient = privacy.salted_hash(salt, "file", relative)
-        facts["patient_key_from"] = "file"
+    patient = _patient_key(ds, options["salt"], relative, facts)
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     facts.update(
         modality=str(ds.get("Modality", "") or ""),
-        sop_class=_uid_name(sop_class) if sop_class else "",
+        sop_class=uid_name(sop_class) if sop_class else "",
         photometric=photometric,
         transfer_syntax=UID(transfer_syntax).name,
         num_frames=count,
     )
+    return _frame_items(ds, zip(indices, decoded), count, photometric, labels, patient,
+                        relative, options, facts, rejected)
+
+
+def _frame_items(ds, frames, count, photometric, labels, patient, relative, options,
+                 facts, rejected):
+    """One `Item` per decoded frame (or one rejection for the file)."""
     results = []
-    for index, frame in zip(indices, decoded):
+    for index, frame in frames:
         try:
-            if monochrome:
+            if photometric.startswith("MONOCHROME"):
                 if frame.ndim != 2:
                     raise dicom_pixels.PixelError(
                         f"unexpected shape: monochrome frame of shape {frame.shape}"
@@ -318,7 +202,7 @@ def _convert_dataset(ds, has_preamble, relative, name, options, rejected):
         if options["dtype"] == "uint16" and pixels.dtype == np.uint8:
             pixels = pixels.astype(np.uint16) * 257
             frame_facts["promoted_uint8_by"] = 257
-        identifier = privacy.salted_hash(salt, "record", relative, index)
+        identifier = privacy.salted_hash(options["salt"], "record", relative, index)
         if options["keep_filenames"]:
             source = relative if count == 1 else f"{relative}#frame{index}"
         else:
@@ -337,7 +221,7 @@ def _convert_dataset(ds, has_preamble, relative, name, options, rejected):
 
 
 @register_source("dicom")
-class DicomSource:
+class DicomSource(FileTreeSource):
     """DICOM files under a folder -> items, one per chosen frame, PHI-free.
 
     Args:
@@ -382,6 +266,10 @@ class DicomSource:
     ```
     """
 
+    title = "DICOM"
+    crash_reason = "decoder crashed: the worker process died while decoding this file"
+    convert = staticmethod(convert_file)
+
     def __init__(
         self,
         root,
@@ -400,9 +288,6 @@ class DicomSource:
         workers=None,
         prefetch=4,
     ):
-        self.root = os.fspath(root)
-        if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"DICOM source folder not found: {self.root}")
         if frames not in FRAME_CHOICES:
             raise ValueError(
                 f"`frames` must be one of {FRAME_CHOICES}. Received: frames={frames!r}"
@@ -413,32 +298,16 @@ class DicomSource:
             raise ValueError(f"`scale` must be > 0. Received: scale={scale!r}")
         if not 0 <= int(offset) <= dicom_pixels.UINT16_MAX:
             raise ValueError(f"`offset` must be in 0..65535. Received: offset={offset!r}")
-        if not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"`prefetch` must be an int >= 1. Received: prefetch={prefetch!r}")
         self.frames = frames
         self.window = dicom_pixels.parse_window(window)
         self.offset = int(offset)
         self.scale = float(scale)
         self.dtype = None if dtype == "auto" else dtype
-        self.keep_filenames = bool(keep_filenames)
-        self.workers = check_workers(workers)
-        self.prefetch = prefetch
-        self.salt_file = salt_file
-        self._salt = privacy.load_salt(salt, salt_file)
-        if labels == "folders":
-            self.label_table = LabelTable.from_folders(self.root, class_names, task)
-        else:
-            self.label_table = LabelTable.from_csv(labels, class_names, task)
-        self.task = self.label_table.task
-        self.class_names = self.label_table.class_names
-        self._stats = collections.Counter()
-
-    @classmethod
-    def from_spec(cls, spec, **options):
-        return cls(spec, **options)
-
-    # Called by `kmedimg convert` before converting: the salt must live outside OUT.
-    check_options = staticmethod(privacy.check_salt_options)
+        super().__init__(
+            root, labels=labels, class_names=class_names, task=task,
+            label_keys=KEY_COLUMNS, salt=salt, salt_file=salt_file,
+            keep_filenames=keep_filenames, workers=workers, prefetch=prefetch,
+        )
 
     @staticmethod
     def sniff(spec):
@@ -450,15 +319,9 @@ class DicomSource:
                 return 5
         return 0
 
-    def files(self):
-        """Sorted `(absolute_path, relative_path)` of every regular file under the root."""
-        return walk_files(self.root)
-
-    def _options(self):
+    def worker_options(self):
         return {
-            "salt": self._salt,
-            "keep_filenames": self.keep_filenames,
-            "labels": self.label_table,
+            **super().worker_options(),
             "frames": self.frames,
             "window": self.window,
             "offset": self.offset,
@@ -466,34 +329,17 @@ class DicomSource:
             "dtype": self.dtype,
         }
 
-    def __iter__(self):
-        options = self._options()
-        jobs = ((path, relative, options) for path, relative in self.files())
-        stats = collections.Counter()
-        self._stats = stats
-        for entries in ordered_map(
-            convert_file, jobs, self.workers, self.prefetch, on_crash=crashed_file
-        ):
-            stats["files"] += 1
-            for entry in entries:
-                if isinstance(entry, Item):
-                    stats["items"] += 1
-                    meta = entry.metadata
-                    stats[f"modality:{meta.get('modality') or 'unknown'}"] += 1
-                    for flag in ("forced_read", "transfer_syntax_inferred", "inverted"):
-                        if meta.get(flag):
-                            stats[flag] += 1
-                    if meta.get("clipped_pixels"):
-                        stats["items_with_clipped_pixels"] += 1
-                else:
-                    stats["rejected_files"] += 1
-                yield entry
+    def _count_item(self, item):
+        stats, meta = self._stats, item.metadata
+        stats[f"modality:{meta.get('modality') or 'unknown'}"] += 1
+        for flag in ("forced_read", "transfer_syntax_inferred", "inverted"):
+            if meta.get(flag):
+                stats[flag] += 1
+        if meta.get("clipped_pixels"):
+            stats["items_with_clipped_pixels"] += 1
 
     def describe(self):
-        window = self.window
-        if isinstance(window, tuple):
-            window = {"name": window[0], "center": window[1], "width": window[2]}
-        stats = dict(sorted(self._stats.items()))
+        window = self._described_window()
         return {
             "format": "dicom",
             "root": self.root if self.keep_filenames else None,
@@ -514,13 +360,10 @@ class DicomSource:
                 "colour": "RGB; YBR converted by pydicom, PALETTE COLOR through its LUTs",
                 "uint8_promoted_by": 257 if self.dtype == "uint16" else None,
             },
-            "privacy": {
-                "patient": "salted sha256 of PatientID (else StudyInstanceUID, else file)",
-                "salt_fingerprint": privacy.salt_fingerprint(self._salt),
-                "keep_filenames": self.keep_filenames,
-            },
+            "privacy": self._describe_privacy(
+                "salted sha256 of PatientID (else StudyInstanceUID, else file)"),
             "workers": self.workers,
-            "stats": stats,
+            "stats": dict(sorted(self._stats.items())),
         }
 
     def __repr__(self):

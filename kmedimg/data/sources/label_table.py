@@ -17,7 +17,7 @@ import csv
 import os
 import pathlib
 
-from kmedimg.data.schema import TASKS
+from kmedimg.core.vocabulary import TASKS
 
 KEY_COLUMNS = ("path", "StudyInstanceUID", "SOPInstanceUID")
 LABEL_COLUMNS = ("label", "labels")

@@ -32,25 +32,27 @@ The documented transforms, per volume:
      recorded per volume in `Item.metadata` and in `describe()["intensity"]["per_volume"]`
      (the manifest). Non-finite voxels become `minimum` and are counted.
 4. One patient key per volume (salted hash of its relative path), record ids and
-   sources as in the DICOM importer (`keep_filenames` keeps relative paths).
+   sources as in the DICOM importer (`keep_filenames` keeps relative paths); the
+   tree walk, labels, privacy and worker processes are the DICOM importer's too
+   (`kmedimg.data.sources.file_tree.FileTreeSource`).
 """
 
-import collections
 import functools
-import logging
 import math
 import os
 
 import numpy as np
 
 from kmedimg.data.sources import dicom_pixels, privacy
-from kmedimg.data.sources.base import Item, Rejected
-from kmedimg.data.sources.file_tree import walk_files
-from kmedimg.data.sources.label_table import LabelTable
-from kmedimg.data.sources.parallel import check_workers, ordered_map
+from kmedimg.data.sources.base import Item
+from kmedimg.data.sources.file_tree import (
+    FileTreeSource,
+    item_name,
+    no_label_reason,
+    reject,
+    walk_files,
+)
 from kmedimg.data.sources.registry import register_source
-
-logger = logging.getLogger(__name__)
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz")
@@ -204,23 +206,14 @@ def convert_volume(job):
     """Worker: one file -> list of `Item`/`Rejected`. `job` = (path, relative, options)."""
     path, relative, options = job
     salt = options["salt"]
-    name = relative if options["keep_filenames"] else privacy.salted_hash(salt, "file", relative)
+    name = item_name(options, relative)
     masks = [path, relative, os.path.basename(path)]
-
-    def rejected(reason):
-        reason = privacy.scrub(reason, masks)
-        logger.debug("rejected %s: %s", name, reason)
-        return [Rejected(name, reason)]
-
     if _suffix(os.path.basename(path)) is None:
-        return rejected("not a NIfTI file: expected .nii, .nii.gz or a .hdr/.img pair")
+        return reject(name, "not a NIfTI file: expected .nii, .nii.gz or a .hdr/.img pair",
+                      masks)
     labels = options["labels"].lookup(relative)
     if labels is None:
-        table = options["labels"]
-        where = (
-            "not inside a class folder" if table.kind == "folders" else "no row in the labels CSV"
-        )
-        return rejected(f"no label: {where}")
+        return reject(name, no_label_reason(options["labels"]), masks)
     with privacy.silenced("nibabel"):
         try:
             volume, facts, cal = _load_canonical(path)
@@ -228,7 +221,7 @@ def convert_volume(job):
                 volume, options["window"], options["offset"], options["scale"], cal
             )
         except dicom_pixels.PixelError as error:
-            return rejected(str(error))
+            return reject(name, str(error), masks)
     axis = options["axis"]
     indices = slice_indices(volume.shape[axis], options["slices"])
     patient = privacy.salted_hash(salt, "volume", relative)
@@ -252,16 +245,8 @@ def convert_volume(job):
     return results
 
 
-def crashed_volume(job):
-    """The result for a file whose worker process died."""
-    path, relative, options = job
-    name = relative if options["keep_filenames"] else privacy.salted_hash(
-        options["salt"], "file", relative)
-    return [Rejected(name, "reader crashed: the worker process died while reading this file")]
-
-
 @register_source("nifti")
-class NiftiSource:
+class NiftiSource(FileTreeSource):
     """NIfTI volumes under a folder -> 2D slice items (see the module docstring).
 
     Args:
@@ -295,6 +280,9 @@ class NiftiSource:
     ```
     """
 
+    title = "NIfTI"
+    convert = staticmethod(convert_volume)
+
     def __init__(
         self,
         root,
@@ -313,9 +301,6 @@ class NiftiSource:
         workers=None,
         prefetch=4,
     ):
-        self.root = os.fspath(root)
-        if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"NIfTI source folder not found: {self.root}")
         self.axis = check_axis(axis)
         self.slices = check_slices(slices)
         self.window = dicom_pixels.parse_window(window)
@@ -325,29 +310,12 @@ class NiftiSource:
             raise ValueError(f"`scale` must be None or > 0. Received: scale={scale!r}")
         self.offset = int(offset)
         self.scale = None if scale is None else float(scale)
-        self.keep_filenames = bool(keep_filenames)
-        self.workers = check_workers(workers)
-        if not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"`prefetch` must be an int >= 1. Received: prefetch={prefetch!r}")
-        self.prefetch = prefetch
-        self._salt = privacy.load_salt(salt, salt_file)
-        if labels == "folders":
-            self.label_table = LabelTable.from_folders(self.root, class_names, task)
-        else:
-            self.label_table = LabelTable.from_csv(
-                labels, class_names, task, allowed_keys=("path",)
-            )
-        self.task = self.label_table.task
-        self.class_names = self.label_table.class_names
         self._per_volume = {}
-        self._stats = collections.Counter()
-
-    @classmethod
-    def from_spec(cls, spec, **options):
-        return cls(spec, **options)
-
-    # Called by `kmedimg convert` before converting: the salt must live outside OUT.
-    check_options = staticmethod(privacy.check_salt_options)
+        super().__init__(
+            root, labels=labels, class_names=class_names, task=task,
+            label_keys=("path",), salt=salt, salt_file=salt_file,
+            keep_filenames=keep_filenames, workers=workers, prefetch=prefetch,
+        )
 
     @staticmethod
     def sniff(spec):
@@ -375,40 +343,28 @@ class NiftiSource:
                 found.append((path, relative))
         return found
 
-    def __iter__(self):
-        options = {
-            "salt": self._salt,
-            "keep_filenames": self.keep_filenames,
-            "labels": self.label_table,
+    def worker_options(self):
+        return {
+            **super().worker_options(),
             "axis": self.axis,
             "slices": self.slices,
             "window": self.window,
             "offset": self.offset,
             "scale": self.scale,
         }
-        jobs = ((path, relative, options) for path, relative in self.files())
-        self._per_volume = per_volume = {}
-        self._stats = stats = collections.Counter()
-        for entries in ordered_map(
-            convert_volume, jobs, self.workers, self.prefetch, on_crash=crashed_volume
-        ):
-            stats["files"] += 1
-            for entry in entries:
-                if isinstance(entry, Item):
-                    stats["items"] += 1
-                    meta = entry.metadata
-                    if meta.get("intensity") == "per_volume":
-                        per_volume[meta["volume_id"]] = {
-                            "minimum": meta["minimum"], "step": meta["step"]
-                        }
-                else:
-                    stats["rejected_files"] += 1
-                yield entry
+
+    def _start_pass(self):
+        super()._start_pass()
+        self._per_volume = {}
+
+    def _count_item(self, item):
+        meta = item.metadata
+        if meta.get("intensity") == "per_volume":
+            self._per_volume[meta["volume_id"]] = {
+                "minimum": meta["minimum"], "step": meta["step"]
+            }
 
     def describe(self):
-        window = self.window
-        if isinstance(window, tuple):
-            window = {"name": window[0], "center": window[1], "width": window[2]}
         return {
             "format": "nifti",
             "root": self.root if self.keep_filenames else None,
@@ -416,7 +372,7 @@ class NiftiSource:
             "axis": {v: k for k, v in AXES.items()}[self.axis],
             "slices": self.slices,
             "orientation": "RAS+ (nibabel.as_closest_canonical); image = rot90(slice)",
-            "window": window,
+            "window": self._described_window(),
             "intensity": {
                 "fixed": "uint16 stored = rint(real / scale) + offset; "
                 "real = (stored - offset) * scale",
@@ -425,11 +381,7 @@ class NiftiSource:
                 "per_volume_rule": "real = stored * step + minimum (float or out-of-range volumes)",
                 "per_volume": dict(sorted(self._per_volume.items())),
             },
-            "privacy": {
-                "patient": "salted sha256 of the volume's relative path",
-                "salt_fingerprint": privacy.salt_fingerprint(self._salt),
-                "keep_filenames": self.keep_filenames,
-            },
+            "privacy": self._describe_privacy("salted sha256 of the volume's relative path"),
             "workers": self.workers,
             "stats": dict(sorted(self._stats.items())),
         }

@@ -7,10 +7,10 @@ import zipfile
 
 import numpy as np
 
+from kmedimg.core.vocabulary import SPLITS
 from kmedimg.data.sources.base import Item
 from kmedimg.data.sources.registry import register_source
 
-SPLITS = ("train", "val", "test")
 _KEY_PATTERN = re.compile(r"^(train|val|test)_(images|labels)$")
 # Rows are streamed from the archive in blocks of about this many bytes.
 _BLOCK_BYTES = 1 << 22
@@ -170,6 +170,13 @@ class NpzSource:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"npz file not found: {path}")
         self.path = path
+        self.splits = self._present_splits(splits)
+        self._open_splits()
+        self._choose_classes(class_names)
+
+    def _present_splits(self, splits):
+        """The splits to read: those the file holds (each with images and labels)."""
+        path = self.path
         try:
             with np.load(path, allow_pickle=False) as data:
                 keys = list(data.files)
@@ -205,13 +212,16 @@ class NpzSource:
                     f"Received: splits={splits}"
                 )
             present = [s for s in SPLITS if s in splits]
-        self.splits = present
+        return present
 
+    def _open_splits(self):
+        """Checks every split's image array and loads its labels."""
+        path = self.path
         self._images = {}
         self._labels = {}
         self._image_dtype = {}
         shapes = {}
-        for split in present:
+        for split in self.splits:
             member = _NpyMember(path, f"{split}_images")
             if len(member.shape) == 4 and member.shape[-1] not in (1, 3):
                 raise ValueError(
@@ -239,8 +249,11 @@ class NpzSource:
         if len(set(self._image_dtype.values())) > 1:
             # Keep one dtype across splits: the widest.
             widest = "uint16" if "uint16" in self._image_dtype.values() else "uint8"
-            self._image_dtype = {split: widest for split in present}
+            self._image_dtype = {split: widest for split in self.splits}
 
+    def _choose_classes(self, class_names):
+        """Sets `task`, `class_names` and `class_names_detected` from the labels."""
+        path = self.path
         label_widths = {split: labels.shape[1] for split, labels in self._labels.items()}
         if len(set(label_widths.values())) > 1:
             raise ValueError(

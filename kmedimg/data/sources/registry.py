@@ -1,16 +1,19 @@
 """The explicit registry of importers: format name -> Source class.
 
-A format registers its class with `@register_source("name")`; the modules that do so
-are imported by name in `kmedimg/data/sources/__init__.py` (the one list to extend).
-Each class may define a static `sniff(spec) -> int` scoring how well it recognises a
-path or spec without being told the format (0 = not mine); `open_source` picks the
-highest score, so a specialised importer (e.g. a folder of DICOM files) can outrank
-the generic folder importer by returning a larger score.
+A format registers its class with `@register_source("name")` (a
+`kmedimg.core.Registry`); the modules that do so are imported by name in
+`kmedimg/data/sources/__init__.py` (the one list to extend). Each class may define a
+static `sniff(spec) -> int` scoring how well it recognises a path or spec without
+being told the format (0 = not mine); `open_source` picks the highest score, so a
+specialised importer (e.g. a folder of DICOM files) can outrank the generic folder
+importer by returning a larger score.
 """
 
 import os
 
-_SOURCES = {}
+from kmedimg.core.registry import Registry
+
+SOURCES = Registry("source format", argument="format")
 
 
 def register_source(name):
@@ -33,13 +36,7 @@ def register_source(name):
     """
 
     def decorator(cls):
-        if name in _SOURCES:
-            raise ValueError(
-                f"Source format {name!r} is already registered by "
-                f"{_SOURCES[name].__module__}.{_SOURCES[name].__name__}. "
-                f"Received: {cls.__module__}.{cls.__name__}"
-            )
-        _SOURCES[name] = cls
+        SOURCES.register(name, cls)
         cls.format_name = name
         return cls
 
@@ -48,7 +45,7 @@ def register_source(name):
 
 def list_sources():
     """Sorted names of the registered source formats."""
-    return sorted(_SOURCES)
+    return SOURCES.names()
 
 
 def get_source_class(name):
@@ -57,12 +54,7 @@ def get_source_class(name):
     Raises:
         ValueError: listing the registered formats when `name` is unknown.
     """
-    if name not in _SOURCES:
-        raise ValueError(
-            f"Unknown source format. Registered formats: {list_sources()}. "
-            f"Received: format={name!r}"
-        )
-    return _SOURCES[name]
+    return SOURCES.get(name)
 
 
 def detect_format(spec):
@@ -74,7 +66,7 @@ def detect_format(spec):
     """
     spec = os.fspath(spec)
     scores = {}
-    for name, cls in _SOURCES.items():
+    for name, cls in SOURCES.items():
         sniff = getattr(cls, "sniff", None)
         score = sniff(spec) if sniff else 0
         if score:

@@ -1,0 +1,134 @@
+"""A dataset directory's manifest and shard files: `read_manifest` and `verify`.
+
+`dataset.json` is the one description of a dataset directory (see `schema`); these
+functions read it (local or gs://, through `tf.io.gfile`) and check the shard files
+it lists, by size (cheap, done by `load` before reading) or by sha256 (`verify`).
+"""
+
+import concurrent.futures
+
+import tensorflow as tf
+
+from kmedimg.core.run_directory import join
+from kmedimg.data import schema
+from kmedimg.data.paths import sha256_of
+
+
+def read_manifest(path):
+    """Reads and validates a dataset's `dataset.json`.
+
+    Args:
+        path: the dataset directory or the `dataset.json` file (local or gs://).
+
+    Returns:
+        The `schema.Manifest`, with `.directory` set to the dataset directory.
+
+    Raises:
+        FileNotFoundError: when there is no manifest at `path`.
+        ValueError: when the manifest is invalid (naming the file and the field).
+    """
+    path = str(path)
+    if path.endswith(schema.MANIFEST_NAME) and not tf.io.gfile.isdir(path):
+        manifest_path = path
+        directory = path[: -len(schema.MANIFEST_NAME)].rstrip("/") or "."
+    else:
+        manifest_path = join(path, schema.MANIFEST_NAME)
+        directory = path
+    if not tf.io.gfile.exists(manifest_path):
+        hint = (
+            " The directory exists but has no manifest: the conversion may have been "
+            "interrupted; run `kmedimg convert` again."
+            if tf.io.gfile.isdir(directory)
+            else ""
+        )
+        raise FileNotFoundError(
+            f"No kmedimg dataset at {path}: {manifest_path} does not exist.{hint}"
+        )
+    with tf.io.gfile.GFile(manifest_path, "r") as handle:
+        manifest = schema.Manifest.from_json(handle.read(), where=manifest_path)
+    manifest.directory = directory
+    return manifest
+
+
+def as_manifest(path_or_manifest):
+    """A `Manifest` that knows its directory, from a path or a manifest."""
+    if isinstance(path_or_manifest, schema.Manifest):
+        if not getattr(path_or_manifest, "directory", None):
+            raise ValueError(
+                "This Manifest does not know its directory; pass the dataset path, or a "
+                "manifest from `read_manifest(path)` / `write_dataset(...)`. "
+                "Received: a Manifest without `.directory`"
+            )
+        return path_or_manifest
+    return read_manifest(path_or_manifest)
+
+
+def split_info(manifest, split):
+    """The `SplitInfo` of a non-empty split, or a ValueError listing the splits."""
+    if split not in manifest.splits:
+        raise ValueError(
+            f"{join(manifest.directory, schema.MANIFEST_NAME)}: no split {split!r}; "
+            f"available splits: {sorted(manifest.splits)}. Received: split={split!r}"
+        )
+    info = manifest.splits[split]
+    if not info.shards or info.count == 0:
+        raise ValueError(
+            f"{join(manifest.directory, schema.MANIFEST_NAME)}: split {split!r} is "
+            f"empty. Received: split={split!r}"
+        )
+    return info
+
+
+def check_shard_sizes(manifest, shards):
+    """Stats every shard (in parallel: gs:// stats are slow) against the manifest.
+
+    Raises:
+        ValueError: naming the missing or resized shards.
+    """
+
+    def check(shard):
+        path = join(manifest.directory, shard.path)
+        try:
+            length = tf.io.gfile.stat(path).length
+        except tf.errors.NotFoundError:
+            return f"shard {path} is missing"
+        if length != shard.bytes:
+            return (
+                f"shard {path} has {length} bytes but the manifest says {shard.bytes} "
+                "(truncated or replaced); re-run the conversion or restore the file"
+            )
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        problems = [problem for problem in pool.map(check, shards) if problem]
+    if problems:
+        raise ValueError("; ".join(problems[:5]) + (
+            f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+
+
+def verify(path_or_manifest, splits=None):
+    """Recomputes every shard's sha256 and compares it with the manifest.
+
+    Args:
+        path_or_manifest: dataset directory, `dataset.json` path or Manifest.
+        splits: split names to check. Defaults to `None` (all).
+
+    Returns:
+        The manifest, when every shard matches.
+
+    Raises:
+        ValueError: naming the first shard whose size or checksum does not match.
+    """
+    manifest = as_manifest(path_or_manifest)
+    for name in splits or list(manifest.splits):
+        info = split_info(manifest, name)
+        check_shard_sizes(manifest, info.shards)
+        for shard in info.shards:
+            shard_path = join(manifest.directory, shard.path)
+            actual = sha256_of(shard_path)
+            if actual != shard.sha256:
+                raise ValueError(
+                    f"shard {shard_path}: sha256 {actual} does not match the "
+                    f"manifest's {shard.sha256}; the file is corrupt or was replaced."
+                )
+    return manifest

@@ -1,0 +1,155 @@
+"""What a DICOM dataset is before its pixels are decoded: an image to convert or not.
+
+The checks `DicomSource` runs on each file, in order, each giving the reason a file
+is rejected: not an image object (SEG, SR, RT objects, presentation states, ...),
+no Pixel Data, no available decoder for its transfer syntax (a missing one is
+inferred from the encoding pydicom detected), an unsupported photometric
+interpretation or bit depth. `phi_values` lists the text values that may be PHI,
+which are masked in any rejection reason.
+"""
+
+#: SOP Class UID prefixes of objects that are not images to classify.
+NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registrations, fiducials, SEG, surface SEG
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms (ECG, audio, ...)
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA / STL
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose (a dose grid)
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.481.4",  # RT Beams Treatment Record
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan
+    "1.2.840.10008.5.1.4.1.1.481.6",  # RT Brachy Treatment Record
+    "1.2.840.10008.5.1.4.1.1.481.7",  # RT Treatment Summary Record
+    "1.2.840.10008.5.1.4.1.1.481.8",  # RT Ion Plan
+    "1.2.840.10008.5.1.4.1.1.481.9",  # RT Ion Beams Treatment Record
+    "1.2.840.10008.5.1.4.1.1.67",  # real world value mapping
+    "1.2.840.10008.5.1.4.1.1.68.",  # surface objects
+)
+PHOTOMETRICS = (
+    "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+    "PALETTE COLOR",
+)
+#: Value representations whose values may be PHI; masked in any error reason.
+PHI_VRS = ("PN", "DA", "DT", "TM", "LO", "SH", "LT", "ST", "UT", "AS", "UC", "UR", "AE")
+
+
+def is_non_image(sop_class):
+    sop_class = str(sop_class)
+    return any(
+        sop_class == prefix.rstrip(".") or sop_class.startswith(prefix)
+        for prefix in NON_IMAGE_SOP_PREFIXES
+    )
+
+
+def uid_name(uid):
+    from pydicom.uid import UID
+
+    name = UID(str(uid)).name
+    return name if name and name != str(uid) else "unknown SOP class"
+
+
+def phi_values(ds):
+    """Text values of the dataset that may be PHI (used to scrub error reasons)."""
+    from pydicom.multival import MultiValue
+
+    values = []
+    try:
+        for element in ds.iterall():
+            if element.VR not in PHI_VRS or element.value in (None, ""):
+                continue
+            value = element.value
+            items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+            for item in items:
+                values.append(str(item))
+                if element.VR == "PN":
+                    values.extend(part for part in str(item).replace("=", "^").split("^") if part)
+    except Exception:  # noqa: BLE001 - a damaged dataset: mask what was collected
+        pass
+    return values
+
+
+def infer_transfer_syntax(ds):
+    """Sets a missing file_meta Transfer Syntax UID from the encoding pydicom detected."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return False
+    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+        ds.file_meta = FileMetaDataset()
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return True
+
+
+def object_problem(ds, has_preamble):
+    """Why the dataset is not an image to convert, or None."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    media_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta else ""
+    has_pixels = "PixelData" in ds
+    if not has_preamble and not (sop_class or has_pixels):
+        return (
+            "not a DICOM file: no DICM preamble, and a forced read found no DICOM image "
+            "(no SOP Class UID, no Pixel Data)"
+        )
+    for uid in (sop_class, media_class):
+        if uid and is_non_image(uid):
+            return f"non-image object: {uid_name(uid)} ({uid})"
+    if not has_pixels:
+        kind = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+        if kind:
+            return f"unsupported pixel data: {kind} (float images) is not supported"
+        return (
+            "no Pixel Data: the file holds no image"
+            + (" (the file may be truncated)" if sop_class and not is_non_image(sop_class) else "")
+        )
+    return None
+
+
+def check_transfer_syntax(ds, facts):
+    """`(transfer syntax UID, None)` with an available decoder, or `(None, reason)`."""
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta else ""
+    if not transfer_syntax:
+        if not infer_transfer_syntax(ds):
+            return None, "unsupported transfer syntax: missing, and cannot be inferred"
+        facts["transfer_syntax_inferred"] = True
+        transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+    try:
+        decoder = get_decoder(UID(transfer_syntax))
+    except NotImplementedError:
+        return None, (
+            f"unsupported transfer syntax: {UID(transfer_syntax).name} ({transfer_syntax}) "
+            "has no pixel data decoder"
+        )
+    if not decoder.is_available:
+        return None, (
+            f"unsupported transfer syntax: {UID(transfer_syntax).name} ({transfer_syntax}) "
+            f"needs one of {decoder.missing_dependencies} (pip install 'kmedimg[dicom]')"
+        )
+    return transfer_syntax, None
+
+
+def pixel_problem(ds, photometric, window):
+    """Why the pixels cannot be stored (photometric, bit depth), or None."""
+    if photometric not in PHOTOMETRICS:
+        return (
+            f"unsupported photometric interpretation: {photometric or 'missing'}; "
+            f"supported {list(PHOTOMETRICS)}"
+        )
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0)
+    if photometric.startswith("MONOCHROME") and bits > 16 and window is None:
+        return (
+            f"bit depth: Bits Stored {bits} > 16 cannot be stored losslessly in uint16; "
+            "pass a window (window=, CLI --window/--window-preset) to store 8 bits"
+        )
+    return None
