@@ -1,1 +1,3 @@
 """kmedimg.data: importers -> sharded TFRecords + manifest -> tf.data pipelines."""
+from kmedimg._tensorflow import require_tensorflow
+require_tensorflow()
