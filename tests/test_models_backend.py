@@ -37,6 +37,28 @@ SCRIPT = textwrap.dedent(
     assert len(kmedimg.models.backbone_blocks(model)) == 3
     assert "tensorflow" not in sys.modules, "TensorFlow was imported"
     print("no tensorflow")
+    # (Keras' own serialisation imports TensorFlow when it is installed, on any backend.)
+    model.save(sys.argv[2])
+    np.save(sys.argv[2] + ".npy", probabilities)
+    """
+)
+
+# `import kmedimg` alone registers ImageClassifier and the layers for loading.
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+
+    import kmedimg
+    import keras
+
+    assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+    model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+    assert type(model).__name__ == "ImageClassifier" and model.task == "multiclass"
+    x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 1)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x * 255, verbose=0), np.load(sys.argv[1] + ".npy"))
+    print("loaded")
     """
 )
 
@@ -47,13 +69,19 @@ def _backend_available(backend):
     return result.returncode == 0
 
 
-def test_layers_and_models_run_on_the_numpy_backend_without_tensorflow():
+def test_layers_and_models_run_on_the_numpy_backend_without_tensorflow(tmp_path):
     # Keras' numpy backend imports jax (for its FFT); without jax it cannot start.
     if not _backend_available("numpy"):
         pytest.skip("Keras' numpy backend cannot start here (it needs jax: pip install jax)")
     env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=str(REPO_ROOT))
+    path = str(tmp_path / "model.keras")
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "numpy"], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, "numpy", path], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no tensorflow" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, path], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded" in result.stdout
