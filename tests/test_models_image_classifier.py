@@ -216,6 +216,9 @@ LEGACY_CASES = {
     "binary_pretrained_inference_no_dropout": dict(
         backbone="alexnet_bn", input_shape=(67, 67, 1), task="binary", num_classes=1, head="max",
         dropout=0.0, input_dtype="uint16", inference=True),
+    "binary_gem_bfloat16_no_dropout": dict(
+        backbone="lenet5", input_shape=(32, 32, 1), task="binary", num_classes=1, head="gem", dropout=0.0,
+        hidden_units=4, dtype_policy="mixed_bfloat16"),
     "multilabel_window": dict(
         backbone="lenet5_modern", input_shape=(32, 32, 1), task="multilabel", num_classes=2,
         window=(424.0, 1500.0)),
@@ -227,10 +230,16 @@ def test_old_functional_classifier_converts_with_identical_outputs(case, tmp_pat
     arguments = dict(LEGACY_CASES[case])
     name = arguments.pop("backbone")
     record = get_backbone(name)
-    backbone = build_backbone(record, arguments["input_shape"])
-    if arguments.pop("augmentation", None):
-        arguments["augmentation"] = MedicalAugmentation(name="augmentation")
-    old = _old_build_classifier(backbone, record, **arguments)
+    policy = arguments.pop("dtype_policy", "float32")
+    keras.config.set_dtype_policy(policy)  # the old builder built everything under the policy
+    try:
+        backbone = build_backbone(record, arguments["input_shape"])
+        if arguments.pop("augmentation", None):
+            # Any Keras layer kept its own name in the old builder.
+            arguments["augmentation"] = MedicalAugmentation(name="my_augmentation")
+        old = _old_build_classifier(backbone, record, **arguments)
+    finally:
+        keras.config.set_dtype_policy("float32")
     _randomize(old, seed=2)
     old.save(tmp_path / "model.keras")
     old = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -248,18 +257,21 @@ def test_old_functional_classifier_converts_with_identical_outputs(case, tmp_pat
         arguments["task"], 1 if arguments["task"] == "binary" else arguments["num_classes"], name)
     assert converted.input_dtype == arguments.get("input_dtype", "uint16" if with_window else "uint8")
     assert converted.backbone_training == ("inference" if arguments.get("inference") else "follow")
-    assert converted.head == arguments.get("head", "avg")
+    assert converted.head == arguments.get("head", "avg") and converted.head_dtype == policy
+    if arguments.get("augmentation") is not None:
+        assert converted.augmentation.name == "my_augmentation"
     # The new classifier computes what the old builder computed, weight for weight.
     rebuilt = build_classifier(
         name, arguments["num_classes"], arguments["input_shape"], task=arguments["task"],
         head=arguments.get("head", "avg"), hidden_units=arguments.get("hidden_units", 0),
         dropout=arguments.get("dropout", 0.2), input_dtype=arguments.get("input_dtype", "uint8"),
         window=arguments.get("window"), augmentation=arguments.get("augmentation") is not None,
+        dtype_policy=policy,
     )
     rebuilt.set_weights(converted.get_weights())
     np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), expected)
     features, predictions = feature_model(converted if with_window else old)(x)
-    np.testing.assert_allclose(_numpy(predictions), expected, rtol=1e-6)
+    np.testing.assert_allclose(_numpy(predictions), _numpy(converted(x, training=False)), rtol=1e-6)
 
 
 def test_a_model_that_is_no_classifier_fails_naming_the_version():

@@ -221,9 +221,13 @@ class ImageClassifier(keras.Model):
         self.pooler = pooling(dtype=head_dtype, name="pool")
         self.hidden_dense = None
         if hidden_units:
-            self.hidden_dense = keras.layers.Dense(hidden_units, activation="relu", dtype=head_dtype,
+            self.hidden_dense = keras.layers.Dense(int(hidden_units), activation="relu", dtype=head_dtype,
                                                    name="head_hidden")
-        self.dropout = keras.layers.Dropout(dropout, dtype=head_dtype, name="head_dropout")
+        # Without dropout the layer is an exact identity: in float32 it casts nothing
+        # (under mixed precision a bfloat16 layer would round float32 GeM features).
+        self.dropout = keras.layers.Dropout(
+            dropout, dtype=head_dtype if dropout else "float32", name="head_dropout"
+        )
         self.output_dense = keras.layers.Dense(units, dtype="float32", name="predictions")
         self.output_activation = keras.layers.Activation(activation, dtype="float32", name="probabilities")
 

@@ -100,6 +100,16 @@ def as_image_classifier(model, task=None, input_dtype=None):
         input_dtype = input_dtype or scaling.pixel_dtype
     hidden = layers.get("head_hidden")
     dropout = layers.get("head_dropout")
+    # The augmentation was any Keras layer, under its own name; it is the one layer
+    # the builder did not name.
+    known = {"pixels", "intensity_scaling", "window", "grey_to_rgb", "backbone_preprocessing", backbone.name,
+             "pool", "head_hidden", "head_dropout", "predictions"}
+    unknown = [layer for name, layer in layers.items() if name not in known]
+    if len(unknown) > 1:
+        raise ValueError(
+            f"Expected {_EXPECTED}, with at most one augmentation layer. Received: model={model.name!r} "
+            f"with the unexpected layers {[layer.name for layer in unknown]}"
+        )
     classifier = ImageClassifier(
         backbone,
         units,
@@ -107,7 +117,7 @@ def as_image_classifier(model, task=None, input_dtype=None):
         input_shape=tuple(model.inputs[0].shape[1:]),
         input_dtype=input_dtype,
         window=window,
-        augmentation=layers.get("augmentation"),
+        augmentation=unknown[0] if unknown else None,
         head=_POOLING[type(pool)],
         hidden_units=0 if hidden is None else int(hidden.units),
         dropout=0.0 if dropout is None else float(dropout.rate),
@@ -115,10 +125,11 @@ def as_image_classifier(model, task=None, input_dtype=None):
         head_dtype=pool.dtype_policy,
         name=model.name,
     )
-    classifier.pooler.set_weights(pool.get_weights())
-    if hidden is not None:
-        classifier.hidden_dense.set_weights(hidden.get_weights())
-    classifier.output_dense.set_weights(output.get_weights())
+    pairs = [(pool, classifier.pooler), (hidden, classifier.hidden_dense), (output, classifier.output_dense)]
+    for old_layer, new_layer in pairs:
+        if old_layer is not None:
+            new_layer.set_weights(old_layer.get_weights())
+            new_layer.trainable = old_layer.trainable
     return classifier
 
 
