@@ -5,6 +5,7 @@ from typing import Callable, Optional
 
 import keras
 
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """One registry record.
