@@ -1,7 +1,9 @@
 """Finds the user's TensorFlow and refuses, clearly, to run without a supported one.
 
 TensorFlow is not a hard dependency of the package (it would replace
-`tensorflow-tpu` on a Cloud TPU VM), so the check happens here, at import.
+`tensorflow-tpu` on a Cloud TPU VM), so the check happens here, when the first
+package built on tf.data (`kmedimg.data`) is imported. `kmedimg.layers` and
+`kmedimg.models` need no TensorFlow.
 """
 
 import os
@@ -24,6 +26,19 @@ def _version_tuple(version):
     return tuple(parts)
 
 
+def set_default_environment():
+    """Defaults Keras' backend to TensorFlow and quiets TensorFlow's C++ start-up log.
+
+    Imports nothing; a variable the user has set wins. Called by `import kmedimg`
+    before Keras is imported, since Keras picks its backend at import.
+    """
+    # Keras 3 picks its backend at import; kmedimg's input pipeline is tf.data.
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the CLI's output;
+    # a user who wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def require_tensorflow():
     """Imports TensorFlow and checks that its version is supported.
 
@@ -33,11 +48,7 @@ def require_tensorflow():
     Raises:
         ImportError: when TensorFlow is missing or older than 2.16.
     """
-    # Keras 3 picks its backend at import; kmedimg's input pipeline is tf.data.
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the CLI's output;
-    # a user who wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_default_environment()
     try:
         import tensorflow as tf
     except ImportError as error:

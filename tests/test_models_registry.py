@@ -14,15 +14,14 @@ import pytest
 
 import keras
 
+from kmedimg.cli.backbones import format_table
 from kmedimg.models import backbones, build_classifier, get_backbone, list_backbones
-from kmedimg.models.command import format_table
 
 ALL = list_backbones()
-_FIRST_OF_FAMILY = {}
-for _name in ALL:
-    _FIRST_OF_FAMILY.setdefault(get_backbone(_name).family, _name)
-_FIRST_OF_FAMILY.update(LeNet="lenet5_modern")
-DEFAULT_ENTRIES = set(_FIRST_OF_FAMILY.values()) | {"lenet5", "alexnet_bn"}
+_SMALLEST_OF_FAMILY = {}
+for _name in sorted(ALL, key=lambda name: -get_backbone(name).parameters):
+    _SMALLEST_OF_FAMILY[get_backbone(_name).family] = _name
+DEFAULT_ENTRIES = set(_SMALLEST_OF_FAMILY.values()) | {"lenet5", "lenet5_modern", "alexnet_bn"}
 ENTRIES = [name if name in DEFAULT_ENTRIES else pytest.param(name, marks=pytest.mark.slow) for name in ALL]
 
 
@@ -71,8 +70,9 @@ def test_every_entry_classifies_one_and_three_channels(name, channels):
 def test_registry_rejects_duplicates_and_lists_names_on_a_miss():
     with pytest.raises(ValueError, match="already registered"):
         backbones.register_backbone(get_backbone("resnet50"))
-    with pytest.raises(ValueError, match=r"Registered backbones: .*resnet50.*Received: backbone='resnet5'"):
+    with pytest.raises(ValueError, match=r"Did you mean 'resnet50'\?.*Registered: .*resnet50.*Received: backbone='resnet5'"):
         get_backbone("resnet5")
+    assert ALL == sorted(ALL) and backbones.BACKBONES.get("vgg16") is get_backbone("VGG16")
 
 
 def test_lookup_accepts_keras_spellings():
@@ -96,6 +96,8 @@ def test_backbones_table_lists_every_entry():
     table = format_table()
     for name in ALL:
         assert f"\n{name} " in table
+    rows = [line.split()[0] for line in table.splitlines()[1:]]
+    assert rows.index("resnet50") < rows.index("resnet101") < rows.index("resnet152")
     with pytest.raises(ValueError, match="Received: family='Nope'"):
         format_table("Nope")
 

@@ -12,6 +12,12 @@ The public API:
 - the format: `Manifest` (dataset.json).
 """
 
+# kmedimg.data is the lowest layer that needs TensorFlow: a missing or too old one is
+# named here, with the install command, before anything else fails.
+from kmedimg._tensorflow import require_tensorflow
+
+require_tensorflow()
+
 from kmedimg.data.conversion import convert_source
 from kmedimg.data.finalize import finalize
 from kmedimg.data.manifest_files import read_manifest, verify

@@ -1,221 +1,27 @@
-"""The backbone registry: one record per network, with its blocks for freezing.
+"""The backbone registry: one `Backbone` record per network, registered explicitly.
 
-Every entry is a `Backbone` record: the constructor, the family's input
-preprocessing (a `kmedimg.layers.BackbonePreprocessing` mode), the minimum input
-size and the sizes ImageNet weights exist for, the parameter count, the feature
-width, the ordered blocks that `freeze_depth` counts (the stem is block 0) and the
-last convolutional layer for Grad-CAM. Records are registered explicitly with the
-`register_family` decorator below; `get_backbone` and `list_backbones` read them.
-
-Blocks are assigned from the backbone's own layer order (`model.layers` is
-topologically sorted): a rule names the layers that start (or end) each block and
-every other layer inherits the block of the layer before it. That works for
-families whose branch layers carry no stable names (Inception's `conv2d_17`):
-each block ends in a choke point that all later layers descend from.
+Every entry is a `Backbone` record (`kmedimg.models.backbone`): the constructor, the
+family's input preprocessing (a `kmedimg.layers.BackbonePreprocessing` mode), the
+minimum input size and the sizes ImageNet weights exist for, the parameter count,
+the feature width, the ordered blocks that `freeze_depth` counts (the stem is
+block 0, see `kmedimg.models.block_rules`) and the last convolutional layer for
+Grad-CAM. The families below are registered with the `register_family`
+decorator; `get_backbone` and `list_backbones` read the registry.
 """
 
-import dataclasses
 import re
-from typing import Callable, Optional
 
 import keras
 
+from kmedimg.core.registry import Registry
 from kmedimg.layers.backbone_preprocessing import MODES as PREPROCESSING_MODES
 from kmedimg.models.alexnet import AlexNet
+from kmedimg.models.backbone import Backbone
+from kmedimg.models.block_rules import MarkerBlocks, PatternBlocks, SuffixBlocks
 from kmedimg.models.lenet import LeNet5
 
-_REGISTRY = {}
-
-
-class PatternBlocks:
-    """Blocks named by regular expressions on layer names.
-
-    Each layer goes to the first block whose pattern matches the start of its
-    name (`re.match`); a layer no pattern matches (auto-named padding,
-    activations, shortcuts) inherits the block of the layer before it.
-
-    Args:
-        patterns: ordered `(block_name, regex)` pairs.
-    """
-
-    def __init__(self, patterns):
-        self.patterns = [(name, re.compile(pattern)) for name, pattern in patterns]
-        self.names = tuple(name for name, _ in patterns)
-
-    def assign(self, layer_list):
-        assigned, current = [], self.names[0]
-        for layer in layer_list:
-            for name, pattern in self.patterns:
-                if pattern.match(layer.name):
-                    current = name
-                    break
-            assigned.append(current)
-        return assigned
-
-
-class MarkerBlocks:
-    """Blocks delimited by marker layers, in order.
-
-    Args:
-        first: name of the first block (the stem).
-        markers: ordered `(block_name, kind, pattern)`: `kind="at"` starts the
-            block at the layer whose name fully matches `pattern`; `kind="after"`
-            starts it at the layer following that one; `kind="after_type"` starts
-            it after the n-th layer of a class, `pattern="MaxPooling2D:2"`.
-    """
-
-    def __init__(self, first, markers):
-        self.first = first
-        self.markers = list(markers)
-        self.names = (first,) + tuple(name for name, _, _ in markers)
-
-    def _matches(self, marker, layer, type_counts):
-        _, kind, pattern = marker
-        if kind == "after_type":
-            class_name, count = pattern.split(":")
-            return type(layer).__name__ == class_name and type_counts[class_name] == int(count)
-        return re.fullmatch(pattern, layer.name) is not None
-
-    def assign(self, layer_list):
-        assigned, index, pending, type_counts = [], 0, False, {}
-        for layer in layer_list:
-            class_name = type(layer).__name__
-            type_counts[class_name] = type_counts.get(class_name, 0) + 1
-            if pending:
-                index, pending = index + 1, False
-            nxt = self.markers[index] if index < len(self.markers) else None
-            if nxt is not None and nxt[1] == "at" and self._matches(nxt, layer, type_counts):
-                index += 1
-                nxt = self.markers[index] if index < len(self.markers) else None
-            assigned.append(self.names[index])
-            if nxt is not None and nxt[1] != "at" and self._matches(nxt, layer, type_counts):
-                pending = True
-        return assigned
-
-
-class SuffixBlocks:
-    """Blocks keyed by a layer-name suffix (NASNet cells end in their cell id).
-
-    Args:
-        names: ordered block names.
-        key: function `layer_name -> block name or None` (None inherits).
-    """
-
-    def __init__(self, names, key):
-        self.names = tuple(names)
-        self.key = key
-
-    def assign(self, layer_list):
-        assigned, current = [], self.names[0]
-        for layer in layer_list:
-            current = self.key(layer.name) or current
-            assigned.append(current)
-        return assigned
-
-
-@dataclasses.dataclass(frozen=True)
-class Backbone:
-    """One registry record.
-
-    Attributes:
-        name: registry key (lower case, e.g. `"resnet50"`); also the name of the
-            backbone sub-model inside a classifier.
-        family: family name (`"ResNet"`).
-        constructor: `f(input_shape=..., weights=..., name=..., **constructor_kwargs)`
-            returning a headless `keras.Model`.
-        preprocessing: `BackbonePreprocessing` mode for [0, 1] input.
-        min_size: smallest input height/width the architecture accepts.
-        default_size: the size it was designed for.
-        imagenet_sizes: `None` if ImageNet weights load at any size >= `min_size`,
-            a tuple of the sizes they exist for, or `()` if there are none.
-        parameters: parameter count at `default_size` with `channels` input
-            channels, without the classification top (verified by the tests).
-        channels: the native number of input channels.
-        feature_width: channels of the final feature map.
-        block_rule: a `PatternBlocks`, `MarkerBlocks` or `SuffixBlocks`.
-        last_conv_layer: name of the layer whose output Grad-CAM uses.
-        constructor_kwargs: extra constructor arguments (as a tuple of pairs).
-        reference: the paper.
-    """
-
-    name: str
-    family: str
-    constructor: Callable
-    preprocessing: str
-    min_size: int
-    default_size: int
-    imagenet_sizes: Optional[tuple]
-    parameters: int
-    channels: int
-    feature_width: int
-    block_rule: object
-    last_conv_layer: str
-    constructor_kwargs: tuple = ()
-    reference: str = ""
-
-    @property
-    def blocks(self):
-        """The ordered block names; the stem is block 0."""
-        return self.block_rule.names
-
-    @property
-    def has_imagenet(self):
-        return self.imagenet_sizes is None or len(self.imagenet_sizes) > 0
-
-    def build(self, input_shape, weights=None):
-        """Calls the constructor (headless) and names the model after the key.
-
-        Args:
-            input_shape: `(height, width, channels)`.
-            weights: `None`, `"imagenet"` or a weights-file path, passed to the
-                constructor. Defaults to `None`.
-
-        Returns:
-            A `keras.Model` named `self.name`.
-        """
-        kwargs = dict(self.constructor_kwargs)
-        if self.family in ("LeNet", "AlexNet"):
-            return self.constructor(input_shape=input_shape, weights=weights, name=self.name, **kwargs)
-        model = self.constructor(
-            include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs
-        )
-        # Not `name=` in the constructor: some families derive layer names
-        # (ConvNeXt) or weight-file keys (EfficientNetV2) from it.
-        return keras.Model(model.input, model.output, name=self.name)
-
-    def assign_blocks(self, backbone_model):
-        """Groups the backbone model's layers (input layer excluded) into blocks.
-
-        Returns:
-            Ordered list of `(block_name, [layers])`, one entry per block name.
-        """
-        layer_list = [
-            layer for layer in backbone_model.layers if not isinstance(layer, keras.layers.InputLayer)
-        ]
-        assigned = self.block_rule.assign(layer_list)
-        groups = {name: [] for name in self.blocks}
-        for layer, block in zip(layer_list, assigned):
-            groups[block].append(layer)
-        return list(groups.items())
-
-    def describe(self):
-        sizes = (
-            "any"
-            if self.imagenet_sizes is None
-            else ("none" if not self.imagenet_sizes else ",".join(map(str, self.imagenet_sizes)))
-        )
-        return {
-            "name": self.name,
-            "family": self.family,
-            "parameters": self.parameters,
-            "min_size": self.min_size,
-            "default_size": self.default_size,
-            "imagenet_sizes": sizes,
-            "preprocessing": self.preprocessing,
-            "feature_width": self.feature_width,
-            "blocks": len(self.blocks),
-            "last_conv_layer": self.last_conv_layer,
-        }
+BACKBONES = Registry("backbone")
+"""Every registered `Backbone`, by its lower-case key."""
 
 
 def _normalise(name):
@@ -225,21 +31,24 @@ def _normalise(name):
 def register_backbone(record):
     """Adds one `Backbone` record to the registry.
 
+    Args:
+        record: a `Backbone`; its `name` is lower case with `_`.
+
+    Returns:
+        The record.
+
     Raises:
         ValueError: if the name is taken or the record is inconsistent.
     """
     key = _normalise(record.name)
     if key != record.name:
         raise ValueError(f"Backbone names are lower case with `_`. Received: name={record.name!r}")
-    if key in _REGISTRY:
-        raise ValueError(f"A backbone named {key!r} is already registered. Received: name={key!r}")
     if record.preprocessing not in PREPROCESSING_MODES:
         raise ValueError(
             f"Backbone {key!r}: `preprocessing` must be one of {sorted(PREPROCESSING_MODES)}. "
             f"Received: preprocessing={record.preprocessing!r}"
         )
-    _REGISTRY[key] = record
-    return record
+    return BACKBONES.register(key, record)
 
 
 def register_family(factory):
@@ -252,27 +61,29 @@ def register_family(factory):
 def get_backbone(name):
     """Returns the registry record for `name` (case-insensitive).
 
+    Keras-style spellings are accepted: `"ResNet50V2"`, `"mobilenet_v2"`,
+    `"EfficientNet-B0"`.
+
+    Args:
+        name: a registry key or a `Backbone` record (returned as is).
+
     Raises:
         ValueError: for an unknown name, listing the registered ones.
     """
     if isinstance(name, Backbone):
         return name
     key = _normalise(name)
-    if key not in _REGISTRY:
-        # Accept Keras-style spellings: "ResNet50V2", "mobilenet_v2", "EfficientNet-B0".
-        compact = {registered.replace("_", ""): registered for registered in _REGISTRY}
+    if key not in BACKBONES:
+        compact = {registered.replace("_", ""): registered for registered in BACKBONES.names()}
         key = compact.get(key.replace("_", ""), key)
-    if key not in _REGISTRY:
-        raise ValueError(
-            f"Unknown backbone. Registered backbones: {', '.join(sorted(_REGISTRY))}. "
-            f"Received: backbone={name!r}"
-        )
-    return _REGISTRY[key]
+    if key not in BACKBONES:
+        raise ValueError(BACKBONES.unknown_message(name))
+    return BACKBONES.get(key)
 
 
 def list_backbones(family=None):
-    """Registered backbone names, in registration order (optionally one family)."""
-    return [key for key, record in _REGISTRY.items() if family is None or record.family == family]
+    """Registered backbone names, sorted (optionally only one family's)."""
+    return [key for key, record in BACKBONES.items() if family is None or record.family == family]
 
 
 A = keras.applications

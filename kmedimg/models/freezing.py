@@ -13,8 +13,8 @@ def backbone_blocks(model):
     """The backbone's layers grouped into its ordered blocks.
 
     Args:
-        model: a classifier from `build_classifier` (or a bare registered
-            backbone model), also after a `.keras` save/load.
+        model: an `ImageClassifier` (or an old saved classifier, or a bare
+            registered backbone model), also after a `.keras` save/load.
 
     Returns:
         List of `(block_name, [keras layers])`; the stem is block 0; the head is
@@ -94,7 +94,7 @@ def freeze_backbone(model, freeze_depth):
     survives `.keras` save/load. Compile the model after changing it.
 
     Args:
-        model: a classifier from `build_classifier`.
+        model: an `ImageClassifier` (or an old saved classifier).
         freeze_depth: number of blocks (int), a fraction of the blocks in
             (0, 1] (rounded, at least one block), or `"all"`.
 

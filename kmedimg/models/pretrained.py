@@ -18,7 +18,8 @@ import keras
 import numpy as np
 
 from kmedimg.layers.backbone_preprocessing import BackbonePreprocessing
-from kmedimg.models.backbones import get_backbone
+from kmedimg.models.backbones import BACKBONES, get_backbone
+from kmedimg.models.image_classifier import ImageClassifier
 
 GREY_WEIGHTS = ("fold", "replicate")
 _CONV_TYPES = (keras.layers.Conv2D,)
@@ -56,20 +57,24 @@ def check_input_shape(record, input_shape, weights=None):
 
 
 def get_backbone_model(model):
-    """The backbone sub-model of a kmedimg classifier (or `model` if it is one).
+    """The backbone of a classifier, or `model` itself if it is a registered backbone.
+
+    Args:
+        model: an `ImageClassifier` (its `backbone`), a classifier saved by
+            kmedimg 0.1.0 (its one nested model named after a registered
+            backbone) or a bare registered backbone model.
 
     Raises:
-        ValueError: if the model holds no single nested backbone.
+        ValueError: if the model holds no single registered backbone.
     """
+    if isinstance(model, ImageClassifier):
+        return model.backbone
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if len(nested) == 1:
-        return nested[0]
-    if not nested:
-        try:
-            get_backbone(model.name)
-            return model
-        except ValueError:
-            pass
+    registered = [layer for layer in nested if layer.name in BACKBONES]
+    if len(registered) == 1:
+        return registered[0]
+    if not nested and model.name in BACKBONES:
+        return model
     raise ValueError(
         "Expected a kmedimg classifier with exactly one nested backbone model "
         f"(named after a registered backbone). Received: model={model.name!r} with "
@@ -192,9 +197,7 @@ def _saved_model_file(path):
 
 
 def _load_saved_backbone(path, record):
-    # Importing the layers registers them for deserialisation.
-    import kmedimg.layers  # noqa: F401
-
+    # The kmedimg layers and ImageClassifier are registered by the imports above.
     model = keras.saving.load_model(_saved_model_file(path), compile=False, safe_mode=True)
     backbone = get_backbone_model(model)
     if backbone.name != record.name:
