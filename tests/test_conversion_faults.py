@@ -18,10 +18,13 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kmedimg.cli import main
 from kmedimg.data import schema
-from kmedimg.data.paths import LOCK_NAME, TEMP_PREFIX, ConversionError, OutputLock
+from kmedimg.data.paths import (LOCK_NAME, TEMP_PREFIX, ConversionError, OutputLock,
+                                check_not_inside)
 from kmedimg.data.pipeline import verify
 from kmedimg.data.writer import MAX_IMAGE_SIZE, write_dataset
 from helpers import ListSource, binary_items
@@ -117,7 +120,7 @@ def test_disk_full_during_overwrite_keeps_the_old_dataset_and_says_so(old_datase
     line = error_line(capsys.readouterr().err)
     assert code == 2
     assert f"Could not write the dataset in {out}" in line and "File too large" in line
-    assert "keeps its previous dataset" in line
+    assert "a previous dataset in the directory is kept" in line
     assert snapshot(out) == before and verify(out).counts["written"] == 8
     assert leftovers(out) == []
 
@@ -220,7 +223,27 @@ def test_output_that_is_a_file_or_inside_the_source_is_refused(tmp_path, capsys)
         assert main(["convert", str(src), str(inside), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert f"{inside} is inside the source folder {src}" in err
+    link = tmp_path / "link"
+    link.symlink_to(src / "a", target_is_directory=True)
+    assert main(["convert", str(src), str(link), "--no-progress"]) == 2
+    assert "is inside the source folder" in capsys.readouterr().err
     assert sorted(os.listdir(src)) == ["a", "b"] and os.listdir(src / "a") == []
+
+
+_SEGMENT = st.text(alphabet="ab-_.x", min_size=1, max_size=4).filter(
+    lambda name: name not in (".", ".."))
+
+
+@settings(max_examples=60, deadline=None)
+@given(inside=st.lists(_SEGMENT, max_size=3), suffix=st.text(alphabet="-_x.", min_size=1,
+                                                                 max_size=3))
+def test_inside_the_source_means_below_it_not_a_name_prefix(tmp_path_factory, inside, suffix):
+    src = tmp_path_factory.getbasetemp() / "src"
+    src.mkdir(exist_ok=True)
+    with pytest.raises(ValueError, match="inside the source folder"):
+        check_not_inside(str(src.joinpath(*inside)), str(src))
+    # A sibling whose name starts like the source's is outside it.
+    check_not_inside(str(src.parent / (src.name + suffix) / "out"), str(src))
 
 
 def test_huge_image_size_is_refused_before_any_work(tmp_path, capsys):

@@ -14,7 +14,6 @@ holder of the lock belongs to a dead conversion and is removed.
 
 import contextlib
 import datetime
-import errno
 import hashlib
 import os
 import socket
@@ -74,13 +73,15 @@ def writing(out_dir):
         if isinstance(error, ConversionError):
             raise
         reason = getattr(error, "message", None) or str(error)
-        if isinstance(error, OSError) and error.errno is not None:
-            reason = f"{getattr(error, 'filename', None) or out_dir}; {os.strerror(error.errno)}"
-        raise ConversionError(
-            errno.EIO, f"Could not write the dataset in {out_dir}: {reason}. Nothing was "
-            "replaced: the directory keeps its previous dataset, if it had one. Free space "
-            f"(or fix the cause) and convert again. Received: out_dir={out_dir!r}"
-        ) from error
+        if isinstance(error, OSError) and error.strerror:
+            reason = f"{error.filename or out_dir}; {error.strerror}"
+        failure = ConversionError(
+            f"Could not write the dataset in {out_dir}: {reason}. Nothing was replaced: "
+            "a previous dataset in the directory is kept. Free space (or fix the cause) "
+            f"and convert again. Received: out_dir={out_dir!r}"
+        )
+        failure.errno = getattr(error, "errno", None)
+        raise failure from error
 
 
 def check_output_directory(out_dir):
@@ -189,7 +190,6 @@ class OutputLock:
         stale = ("" if self._uses_flock()
                  else f" If no conversion is running, delete {self.path}.")
         return ConversionError(
-            errno.EBUSY,
             f"The output directory {self.out_dir} is being written by another "
             f"conversion: {self.path} is held by {holder}. Wait for it to finish (or "
             f"stop it) and convert again, or choose another output directory.{stale} "
