@@ -272,15 +272,6 @@ def test_interrupted_conversion_leaves_no_manifest(tmp_path):
         read_manifest(tmp_path)
 
 
-def test_interrupted_overwrite_removes_the_old_manifest_first(tmp_path):
-    write_dataset(ListSource(binary_items(10)), tmp_path)
-    with pytest.raises(ValueError, match="overwrite=True"):
-        write_dataset(ListSource(binary_items(10)), tmp_path)
-    with pytest.raises(RuntimeError):
-        write_dataset(ListSource(binary_items(20), fail_at=15), tmp_path, overwrite=True)
-    assert not (tmp_path / schema.MANIFEST_NAME).exists()
-
-
 def test_source_that_changes_between_passes_fails(tmp_path):
     class Shifty(ListSource):
         def __iter__(self):

@@ -8,6 +8,7 @@ flags are one argument group below; which constructor parameter each flag sets i
 
 from kmedimg.core.vocabulary import TASKS
 from kmedimg.data.conversion import FORMAT_OPTIONS, convert_source
+from kmedimg.data.paths import ConversionError
 from kmedimg.data.sources import list_sources
 from kmedimg.data.summary import conversion_summary
 
@@ -143,7 +144,9 @@ def add_parser(subparsers):
     parser.add_argument("--drop-duplicates", action="store_true",
                         help="reject all but the first copy of exact-duplicate images")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset in OUT")
+                        help="replace the dataset in OUT, or write into a non-empty OUT "
+                        "(other files are kept; the old dataset stays until the new one is "
+                        "complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     common = parser.add_argument_group("image options (sources that read image files)")
     common.add_argument(
@@ -165,13 +168,17 @@ def run(args):
     """Handler of `kmedimg convert`; returns the exit code."""
     names = {"dtype", "class_names"}.union(*FORMAT_OPTIONS.values())
     options = {name: getattr(args, name, None) for name in sorted(names)}
-    conversion = convert_source(
-        args.src, args.out, format=args.format, options=options, channels=args.channels,
-        progress=not args.no_progress, command="kmedimg convert",
-        encoding=args.encoding, compression=args.compression, num_shards=args.shards,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-        drop_duplicates=args.drop_duplicates, image_size=args.image_size,
-        overwrite=args.overwrite,
-    )
+    try:
+        conversion = convert_source(
+            args.src, args.out, format=args.format, options=options,
+            channels=args.channels, progress=not args.no_progress, command="kmedimg convert",
+            encoding=args.encoding, compression=args.compression, num_shards=args.shards,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+            seed=args.seed, drop_duplicates=args.drop_duplicates,
+            image_size=args.image_size, overwrite=args.overwrite,
+        )
+    except ConversionError as error:
+        # One line like any other failure, until kmedimg.cli.main catches ConversionError.
+        raise ValueError(str(error)) from error
     print(conversion_summary(conversion.manifest, args.out, conversion.items))
     return 0

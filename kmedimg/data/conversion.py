@@ -12,7 +12,8 @@ import inspect
 import sys
 
 from kmedimg.data.sources import Item, detect_format, get_source_class, open_source
-from kmedimg.data.writer import write_dataset
+from kmedimg.data.paths import check_not_inside, check_output_directory
+from kmedimg.data.writer import check_image_size, write_dataset
 
 _MEDICAL_OPTIONS = {
     "labels_csv": "labels", "window": "window", "offset": "offset", "scale": "scale",
@@ -178,7 +179,17 @@ def convert_source(spec, out_dir, *, format=None, options=None, channels=None,
 
     Returns:
         A `Conversion`.
+
+    Raises:
+        ValueError: bad options, an `out_dir` that is a file, lies inside the source
+            folder, or is not empty without `overwrite=True`.
+        ConversionError: another conversion holds `out_dir`, or a write failed (the
+            previous dataset in `out_dir` is kept).
     """
+    # Output checks come first: they are cheap, and opening a source may not be.
+    check_image_size(writer_kwargs.get("image_size"))
+    check_output_directory(str(out_dir))
+    check_not_inside(str(out_dir), str(spec))
     format_name = format or detect_format(spec)
     source_class = get_source_class(format_name)
     given = dict(options or {}, channels=channels,

@@ -1,10 +1,12 @@
 """`finalize`: the last step of a conversion — checksums, `rejected.csv`, the manifest.
 
 Runs after `write_shards` has written every shard under a temporary directory inside
-the output directory. Each shard is hashed and moved into place, `rejected.csv` is
-written, and `dataset.json` is written last (through a temporary name), so the
-directory only looks like a dataset once everything it lists is there. Shards of a
-replaced dataset that the new manifest does not list are removed at the end.
+the output directory. Each shard is hashed, and `rejected.csv` and `dataset.json` are
+written next to the shards; only when the new dataset is complete is it renamed into
+place (renames only, so a full disk cannot stop it halfway): the old manifest is
+removed first and the new one renamed last, so the directory only looks like a
+dataset once everything it lists is there. Shards of a replaced dataset that the new
+manifest does not list are removed at the end.
 """
 
 import collections
@@ -16,13 +18,13 @@ import tensorflow as tf
 from kmedimg import __version__
 from kmedimg.core.run_directory import join
 from kmedimg.data import schema
-from kmedimg.data.paths import sha256_of
+from kmedimg.data.paths import sha256_of, writing
 
 _MAX_LISTED_DUPLICATE_GROUPS = 1000
 
 
-def _move_shards(plan, out_dir, temp_dir, records_in_shard):
-    """Hashes each shard, moves it into `out_dir`; returns split name -> `SplitInfo`."""
+def _describe_shards(plan, temp_dir, records_in_shard):
+    """Hashes each shard written in `temp_dir`; returns split name -> `SplitInfo`."""
     splits = {}
     for name, entries in plan.splits.items():
         class_counts = collections.Counter()
@@ -42,7 +44,6 @@ def _move_shards(plan, out_dir, temp_dir, records_in_shard):
                     bytes=tf.io.gfile.stat(temp_path).length,
                 )
             )
-            tf.io.gfile.rename(temp_path, join(out_dir, file_name), overwrite=True)
         splits[name] = schema.SplitInfo(
             count=len(entries),
             class_counts={n: class_counts[n] for n in plan.class_names},
@@ -51,15 +52,27 @@ def _move_shards(plan, out_dir, temp_dir, records_in_shard):
     return splits
 
 
-def _write_rejected(rows, out_dir, temp_dir):
+def _write_rejected(rows, temp_dir):
     buffer = io.StringIO()
     csv_writer = csv.writer(buffer, lineterminator="\n")
     csv_writer.writerow(["source", "reason"])
     csv_writer.writerows(rows)
-    rejected_temp = join(temp_dir, schema.REJECTED_NAME)
-    with tf.io.gfile.GFile(rejected_temp, "w") as handle:
+    with tf.io.gfile.GFile(join(temp_dir, schema.REJECTED_NAME), "w") as handle:
         handle.write(buffer.getvalue())
-    tf.io.gfile.rename(rejected_temp, join(out_dir, schema.REJECTED_NAME), overwrite=True)
+
+
+def _move_into_place(manifest, out_dir, temp_dir):
+    """Renames the complete new dataset from `temp_dir` into `out_dir`, manifest last.
+
+    Only renames happen here (no new bytes are written), and the old manifest goes
+    first, so `out_dir` never pairs a manifest with shards it does not list.
+    """
+    manifest_path = join(out_dir, schema.MANIFEST_NAME)
+    if tf.io.gfile.exists(manifest_path):
+        tf.io.gfile.remove(manifest_path)
+    names = [shard.path for split in manifest.splits.values() for shard in split.shards]
+    for name in names + [schema.REJECTED_NAME, schema.MANIFEST_NAME]:
+        tf.io.gfile.rename(join(temp_dir, name), join(out_dir, name), overwrite=True)
 
 
 def duplicates_report(plan):
@@ -148,7 +161,7 @@ def _remove_stale_shards(replaced, manifest, out_dir):
 
 def finalize(plan, source, out_dir, temp_dir, records_in_shard, conversion_args=None,
              replaced=None):
-    """Moves the written shards into place and writes `rejected.csv` and the manifest.
+    """Completes the dataset in `temp_dir`, then moves it into `out_dir`.
 
     Args:
         plan: the executed `ConversionPlan`.
@@ -162,20 +175,24 @@ def finalize(plan, source, out_dir, temp_dir, records_in_shard, conversion_args=
 
     Returns:
         The written `schema.Manifest`, with `.directory` set to `out_dir`.
+
+    Raises:
+        ConversionError: when a write fails (disk full, ...) before the new dataset
+            is complete; `out_dir` is then untouched.
     """
-    splits = _move_shards(plan, out_dir, temp_dir, records_in_shard)
-    rejected_rows = plan.rejected_rows()
-    _write_rejected(rejected_rows, out_dir, temp_dir)
+    with writing(out_dir):
+        splits = _describe_shards(plan, temp_dir, records_in_shard)
+        rejected_rows = plan.rejected_rows()
+        _write_rejected(rejected_rows, temp_dir)
     describe = getattr(source, "describe", None)
     description = describe() if callable(describe) else {"repr": repr(source)}
     manifest = build_manifest(plan, splits, rejected_rows, description, conversion_args)
-    manifest_path = join(out_dir, schema.MANIFEST_NAME)
-    manifest.validate(manifest_path)
-    manifest_temp = join(temp_dir, schema.MANIFEST_NAME)
-    with tf.io.gfile.GFile(manifest_temp, "w") as handle:
-        handle.write(manifest.to_json())
-    tf.io.gfile.rename(manifest_temp, manifest_path, overwrite=True)
-    if replaced is not None:
-        _remove_stale_shards(replaced, manifest, out_dir)
+    manifest.validate(join(out_dir, schema.MANIFEST_NAME))
+    with writing(out_dir):
+        with tf.io.gfile.GFile(join(temp_dir, schema.MANIFEST_NAME), "w") as handle:
+            handle.write(manifest.to_json())
+        _move_into_place(manifest, out_dir, temp_dir)
+        if replaced is not None:
+            _remove_stale_shards(replaced, manifest, out_dir)
     manifest.directory = out_dir
     return manifest

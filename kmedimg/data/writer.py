@@ -16,13 +16,21 @@ Plan, then execute. `write_dataset` composes three steps:
 Reading twice costs a second decode of the inputs, but memory stays bounded by the
 item count rather than by the pixel volume, and no scratch copy of the whole dataset
 is needed on disk — which matters when the output is gs:// and the local disk is
-small. Outputs are written under a temporary directory inside `out_dir`, renamed into
-place, and `dataset.json` is written last (itself through a temporary name), so an
-interrupted conversion never leaves a manifest that lists partial shards. Every
-output path goes through `tf.io.gfile`, so `out_dir` may be local or `gs://`.
+small. Every output path goes through `tf.io.gfile`, so `out_dir` may be local or
+`gs://`.
+
+Nothing is replaced until the new dataset is complete: shards, `rejected.csv` and
+`dataset.json` are all written under a temporary directory inside `out_dir` first,
+and only then renamed into place (`dataset.json` last), so a failed conversion —
+no valid item, disk full, a kill — leaves the previous dataset as it was. The whole
+conversion holds `kmedimg.data.paths.OutputLock` on `out_dir`: a second conversion
+into the same directory fails at once, and temporary directories of killed
+conversions are removed by the next one.
 """
 
 import collections
+import contextlib
+import posixpath
 import sys
 import uuid
 
@@ -32,7 +40,9 @@ import tensorflow as tf
 from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.finalize import finalize
-from kmedimg.data.planning import check_conversion_arguments, plan_conversion
+from kmedimg.data.paths import (TEMP_PREFIX, OutputLock, check_output_contents,
+                                check_output_directory, remove_stale_temporaries, writing)
+from kmedimg.data.planning import check_conversion_arguments, normalize_size, plan_conversion
 from kmedimg.data.sources.base import Item, Rejected
 
 
@@ -72,25 +82,30 @@ class _ShardWriters:
     def __init__(self, plan, directory):
         self.plan = plan
         self.directory = directory
+        # Write errors name the dataset directory, not its temporary subdirectory.
+        parent, name = posixpath.split(str(directory).rstrip("/"))
+        self.out_dir = parent if name.startswith(TEMP_PREFIX) else str(directory)
         compression = plan.compression
         self.options = tf.io.TFRecordOptions(
             compression_type="" if compression == "NONE" else compression)
         self.open = {}  # split -> (shard index, TFRecordWriter)
 
     def write(self, split, index, record):
-        current = self.open.get(split)
-        if current is None or current[0] != index:
-            if current is not None:
-                current[1].close()
-            name = schema.shard_name(split, index, self.plan.shard_counts[split])
-            self.open[split] = (index, tf.io.TFRecordWriter(join(self.directory, name),
-                                                            self.options))
-        self.open[split][1].write(record)
+        with writing(self.out_dir):
+            current = self.open.get(split)
+            if current is None or current[0] != index:
+                if current is not None:
+                    current[1].close()
+                name = schema.shard_name(split, index, self.plan.shard_counts[split])
+                self.open[split] = (index, tf.io.TFRecordWriter(
+                    join(self.directory, name), self.options))
+            self.open[split][1].write(record)
 
     def close(self, quiet=False):
         for _, writer in self.open.values():
             try:
-                writer.close()
+                with writing(self.out_dir):
+                    writer.close()
             except Exception:  # noqa: BLE001 - closing after the real error
                 if not quiet:
                     raise
@@ -185,25 +200,75 @@ def write_shards(plan, source, directory, progress=False):
     return records_in_shard
 
 
-def _open_output(out_dir, overwrite):
-    """The readable manifest of the dataset `out_dir` holds (to replace), or None.
+#: Largest `image_size` side: an 8192 x 8192 RGB image is 200 MB as uint8 and takes
+#: ~2 GB to resize in float32; larger sizes only run out of memory.
+MAX_IMAGE_SIZE = 8192
+
+
+def check_image_size(image_size):
+    """Normalises `image_size` and bounds it by `MAX_IMAGE_SIZE` (before any allocation).
 
     Raises:
-        ValueError: when `out_dir` holds a dataset and `overwrite` is False.
+        ValueError: naming `image_size` and the bound.
     """
+    size = normalize_size(image_size)
+    if size is not None and max(size) > MAX_IMAGE_SIZE:
+        height, width = size
+        raise ValueError(
+            f"`image_size` must be at most {MAX_IMAGE_SIZE} pixels per side (CLI: "
+            f"--image-size): a {height} x {width} RGB image needs "
+            f"{height * width * 3 * 4 / 2**30:.0f} GB to resize. Choose a smaller size. "
+            f"Received: image_size={image_size!r}"
+        )
+    return size
+
+
+def _read_replaced(out_dir):
+    """The readable manifest of the dataset `out_dir` holds (to replace), or None."""
     manifest_path = join(out_dir, schema.MANIFEST_NAME)
     if not tf.io.gfile.exists(manifest_path):
         return None
-    if not overwrite:
-        raise ValueError(
-            f"{manifest_path} already exists. Pass overwrite=True (CLI: --overwrite) "
-            f"or choose another output directory. Received: out_dir={out_dir!r}"
-        )
     with tf.io.gfile.GFile(manifest_path, "r") as handle:
         try:
             return schema.Manifest.from_json(handle.read(), manifest_path)
         except ValueError:
             return None  # unreadable: replaced all the same, its shards are unknown
+
+
+def _make_output_directory(out_dir):
+    """Creates `out_dir` if missing; returns whether it was created."""
+    check_output_directory(out_dir)
+    if tf.io.gfile.isdir(out_dir):
+        return False
+    with writing(out_dir):
+        tf.io.gfile.makedirs(out_dir)
+    return True
+
+
+def _remove_if_empty(out_dir):
+    """Removes a directory this conversion created, when it failed before filling it."""
+    with contextlib.suppress(OSError, tf.errors.OpError):
+        if not tf.io.gfile.listdir(out_dir):
+            tf.io.gfile.rmtree(out_dir)
+
+
+def _convert_locked(source, out_dir, overwrite, plan_kwargs, progress, conversion_args):
+    """Plans, writes and finalizes while holding the lock on `out_dir`."""
+    remove_stale_temporaries(out_dir)
+    check_output_contents(out_dir, overwrite)
+    replaced = _read_replaced(out_dir)
+    plan = plan_conversion(source, progress=progress, **plan_kwargs)
+    temp_dir = join(out_dir, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    try:
+        with writing(out_dir):
+            tf.io.gfile.makedirs(temp_dir)
+        records_in_shard = write_shards(plan, source, temp_dir, progress)
+        return finalize(plan, source, out_dir, temp_dir, records_in_shard,
+                        conversion_args=conversion_args, replaced=replaced)
+    finally:
+        with contextlib.suppress(OSError, tf.errors.OpError):
+            if tf.io.gfile.exists(temp_dir):
+                tf.io.gfile.rmtree(temp_dir)
 
 
 def write_dataset(
@@ -256,8 +321,12 @@ def write_dataset(
         The `schema.Manifest` written to `out_dir/dataset.json`.
 
     Raises:
-        ValueError: for invalid arguments, an existing dataset without `overwrite`,
-            or a source with no valid item.
+        ValueError: for invalid arguments (`image_size` above `MAX_IMAGE_SIZE`), an
+            `out_dir` that is a file or is not empty without `overwrite`, or a source
+            with no valid item.
+        ConversionError: when another conversion holds the lock on `out_dir`, or a
+            write fails (disk full, ...). In every failure the previous dataset in
+            `out_dir` is kept, and an `out_dir` this call created is removed.
 
     Example:
 
@@ -270,27 +339,18 @@ def write_dataset(
     """
     check_conversion_arguments(source, encoding, compression, channels, val_fraction,
                                test_fraction, image_size)
+    check_image_size(image_size)
     out_dir = str(out_dir)
-    old_manifest = _open_output(out_dir, overwrite)
-    plan = plan_conversion(
-        source, encoding=encoding, compression=compression, num_shards=num_shards,
+    plan_kwargs = dict(
+        encoding=encoding, compression=compression, num_shards=num_shards,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        drop_duplicates=drop_duplicates, image_size=image_size, channels=channels,
-        progress=progress,
-    )
-    manifest_path = join(out_dir, schema.MANIFEST_NAME)
-    if tf.io.gfile.exists(manifest_path):
-        # Remove the old manifest first: from here on the directory is never a
-        # valid-looking dataset until the new manifest lands.
-        tf.io.gfile.remove(manifest_path)
-    tf.io.gfile.makedirs(out_dir)
-    temp_dir = join(out_dir, f".incomplete-{uuid.uuid4().hex[:12]}")
-    tf.io.gfile.makedirs(temp_dir)
+        drop_duplicates=drop_duplicates, image_size=image_size, channels=channels)
+    created = _make_output_directory(out_dir)
     try:
-        records_in_shard = write_shards(plan, source, temp_dir, progress)
-        manifest = finalize(plan, source, out_dir, temp_dir, records_in_shard,
-                            conversion_args=conversion_args, replaced=old_manifest)
-    finally:
-        if tf.io.gfile.exists(temp_dir):
-            tf.io.gfile.rmtree(temp_dir)
-    return manifest
+        with OutputLock(out_dir):
+            return _convert_locked(source, out_dir, overwrite, plan_kwargs, progress,
+                                   conversion_args)
+    except BaseException:
+        if created:
+            _remove_if_empty(out_dir)
+        raise
