@@ -22,7 +22,7 @@ import tensorflow as tf
 
 # Re-exported only for kmedimg.evaluation.records and kmedimg.runs.predict, which still
 # import it from here; they should import it from kmedimg.core.run_directory.
-from kmedimg.core.run_directory import join  # noqa: F401
+from kmedimg.core.run_directory import join
 
 try:
     import fcntl
