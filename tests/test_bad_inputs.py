@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from kmedimg.data.planning import plan_conversion
+from kmedimg.data.sources import privacy
 from kmedimg.data.sources.base import Item, Rejected
 from kmedimg.data.sources.csv_source import CsvSource
 from kmedimg.data.sources.folder import FolderSource
+from kmedimg.data.sources.label_table import LabelTable
 from kmedimg.data.sources.npz import NpzSource
 
 
@@ -102,3 +104,91 @@ def test_decompression_bomb_is_rejected_not_fatal(tmp_path, monkeypatch):
     assert (seen, written, rejected) == (5, 4, 1)
     (source_name, reason), = plan.rejected_rows()
     assert source_name == "a/bomb.png" and reason.startswith("decompression bomb refused")
+
+
+# --- CSV tables ----------------------------------------------------------------------
+
+
+def _csv(tmp_path, rows, header="path,label", name="t.csv"):
+    for index in range(4):
+        if not (tmp_path / f"{index}.png").exists():
+            _png(tmp_path / f"{index}.png", 50 + index)
+    path = tmp_path / name
+    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_latin1_csv_is_refused_naming_file_line_and_encoding(tmp_path):
+    path = _csv(tmp_path, ["0.png,a", "1.png,b"])
+    path.write_bytes(path.read_bytes() + "2.png,b\u00e9b\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"t\.csv: line 4 is not UTF-8 \(byte 0xe9.*iconv"):
+        CsvSource(path)
+
+
+def test_one_multi_label_row_is_rejected_unless_the_task_is_multilabel(tmp_path):
+    path = _csv(tmp_path, ["0.png,a", "1.png,b", "2.png,a|b", "3.png,a"])
+    source = CsvSource(path, channels=1, dtype="uint8")
+    assert source.task == "binary" and source.class_names == ["a", "b"]
+    rejected = [entry for entry in source if isinstance(entry, Rejected)]
+    assert [(r.source, r.reason) for r in rejected] == [(
+        "2.png", "row 4: 2 labels ('a|b') in a binary task; a multi-label table needs "
+        "task='multilabel' (CLI: --task multilabel)")]
+    multilabel = CsvSource(path, task="multilabel", channels=1, dtype="uint8")
+    assert [e.labels for e in multilabel][2] == ("a", "b")
+
+
+def test_multi_label_only_labels_without_the_flag_say_the_fix(tmp_path):
+    path = _csv(tmp_path, ["0.png,a|b", "1.png,b|a"])
+    with pytest.raises(ValueError, match=r"Rows \[2, 3\] hold several labels.*--task multilabel"):
+        CsvSource(path)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["a", "b", "no\x00rmal"], r"class name 'no\\x00rmal' holds a control"),
+    (["normal", "pneumonia", "Pneumonia"], r"'Pneumonia' and 'pneumonia' differ only by case"),
+    (["normal lung", "Normal  lung", "x"], r"differ only by case, spaces"),
+    (["pleural_effusion", "pleural effusion", "x"], r"differ only by case, spaces, '_'"),
+])
+def test_control_characters_and_near_duplicate_class_names_are_refused(tmp_path, labels,
+                                                                       message):
+    path = _csv(tmp_path, [f"{index}.png,{label}" for index, label in enumerate(labels)])
+    with pytest.raises(ValueError, match=message):
+        CsvSource(path)
+
+
+def test_huge_integer_label_is_refused_before_allocating(tmp_path):
+    path = _csv(tmp_path, ["0.png,0", "1.png,1", "2.png,1000000000"])
+    with pytest.raises(ValueError, match=r"row|integer label 1000000000 would mean 1000000001"):
+        CsvSource(path)
+
+
+def test_csv_patient_ids_are_stored_hashed_like_dicom(tmp_path):
+    path = _csv(tmp_path, ["0.png,a,MRN998877", "1.png,b,MRN998877", "2.png,b,"],
+                header="path,label,patient_id")
+    source = CsvSource(path, channels=1, dtype="uint8", salt="pepper")
+    patients = [item.patient for item in source]
+    expected = privacy.salted_hash(b"pepper", "PatientID", "MRN998877")
+    assert patients == [expected, expected, None]
+    assert "MRN998877" not in repr(source.describe())
+    assert source.describe()["privacy"]["salt_fingerprint"] == privacy.salt_fingerprint(b"pepper")
+
+
+def test_patient_in_two_given_splits_is_warned_and_counted(tmp_path, caplog):
+    path = _csv(tmp_path, ["0.png,a,p1,train", "1.png,b,p1,test", "2.png,b,p2,train",
+                           "3.png,a,p2,train"], header="path,label,patient_id,split")
+    source = CsvSource(path, channels=1, dtype="uint8", salt="pepper")
+    assert source.describe()["patients_in_several_splits"] == 1
+    assert "1 patients have rows in several splits (e.g. rows [2, 3])" in caplog.text
+    assert "p1" not in caplog.text
+
+
+def test_medical_label_table_refuses_stray_multi_label_rows_and_latin1(tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nx/1.dcm,normal\nx/2.dcm,normal|tumour\nx/3.dcm,tumour\n")
+    with pytest.raises(ValueError, match=r"labels\.csv, line 3: 2 labels 'normal\|tumour'.*"
+                                         r"--task multilabel"):
+        LabelTable.from_csv(table)
+    assert LabelTable.from_csv(table, task="multilabel").task == "multilabel"
+    table.write_bytes("path,label\nx/1.dcm,l\u00e9sion\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"line 2 is not UTF-8 \(byte 0xe9 at column 10\)"):
+        LabelTable.from_csv(table)
