@@ -192,3 +192,29 @@ def test_medical_label_table_refuses_stray_multi_label_rows_and_latin1(tmp_path)
     table.write_bytes("path,label\nx/1.dcm,l\u00e9sion\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"line 2 is not UTF-8 \(byte 0xe9 at column 10\)"):
         LabelTable.from_csv(table)
+
+
+# --- MedMNIST .npz -------------------------------------------------------------------
+
+
+def test_zero_byte_and_non_zip_npz_are_refused_in_one_line(tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.npz: the file is empty \(0 bytes\)"):
+        NpzSource(empty)
+    not_zip = tmp_path / "array.npz"
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    os.rename(tmp_path / "array.npy", not_zip)
+    with pytest.raises(ValueError, match=r"array\.npz: not a zip archive"):
+        NpzSource(not_zip)
+
+
+def test_npz_label_of_a_billion_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "labels.npz"
+    labels = np.array([0, 1, 10**9, 1], dtype=np.int64)
+    np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=labels)
+    with pytest.raises(ValueError, match=r"key train_labels row 2 holds class index 1000000000; "
+                                         r"without class_names that means 1000000001 classes"):
+        NpzSource(path)
+    with pytest.raises(ValueError, match=r"row 2 holds class index 1000000000, beyond the 2"):
+        NpzSource(path, class_names=["a", "b"])
