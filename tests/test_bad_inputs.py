@@ -9,12 +9,15 @@ import pytest
 from PIL import Image
 
 from kmedimg.data.planning import plan_conversion
+from kmedimg.data.summary import read_rejected
+from kmedimg.data.writer import write_dataset
 from kmedimg.data.sources import privacy
 from kmedimg.data.sources.base import Item, Rejected
 from kmedimg.data.sources.csv_source import CsvSource
 from kmedimg.data.sources.folder import FolderSource
 from kmedimg.data.sources.label_table import LabelTable
 from kmedimg.data.sources.npz import NpzSource
+from helpers import ListSource, binary_items, image
 
 
 def _png(path, seed, size=8):
@@ -218,3 +221,37 @@ def test_npz_label_of_a_billion_is_refused_before_allocating(tmp_path):
         NpzSource(path)
     with pytest.raises(ValueError, match=r"row 2 holds class index 1000000000, beyond the 2"):
         NpzSource(path, class_names=["a", "b"])
+
+
+# --- Whole-dataset checks in the plan ------------------------------------------------
+
+
+def test_identical_images_under_two_labels_are_rejected_and_counted(tmp_path):
+    same = image(7)
+    entries = [Item("x/a.png", same, ("neg",)), Item("y/a.png", same.copy(), ("pos",)),
+               Item("dup1.png", image(8), ("neg",)), Item("dup2.png", image(8), ("neg",))]
+    entries += binary_items(6)
+    manifest = write_dataset(ListSource(entries), tmp_path / "out")
+    rows = dict(read_rejected(tmp_path / "out"))
+    assert rows["x/a.png"] == ("identical image under conflicting labels: neg here, y/a.png "
+                               "(pos); fix the label or remove the wrong copy")
+    assert rows["y/a.png"].startswith("identical image under conflicting labels: pos here")
+    counts = manifest.counts
+    assert (counts["seen"], counts["written"], counts["rejected"]) == (10, 8, 2)
+    assert manifest.duplicates["groups"] == 1  # the same-label pair stays a duplicate
+
+
+def test_patient_in_two_given_splits_is_flagged_in_the_plan(caplog):
+    entries = [Item(f"{index}.png", image(index), ("neg", "pos")[index % 2],
+                    split=("train", "test")[index == 3], patient=f"k{index // 2}")
+               for index in range(6)]
+    plan = plan_conversion(ListSource(entries))
+    assert plan.patients_in_several_splits == {"k1": ["test", "train"]}
+    assert "1 patients have images in several of the splits given" in caplog.text
+    assert len(plan.kept()) == 6  # kept as the source gives them
+
+
+def test_only_conflicting_images_is_a_one_line_error():
+    entries = [Item("a.png", image(1), ("neg",)), Item("b.png", image(1), ("pos",))]
+    with pytest.raises(ValueError, match="conflicting labels"):
+        plan_conversion(ListSource(entries))
