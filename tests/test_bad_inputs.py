@@ -86,7 +86,9 @@ def test_non_utf8_file_name_is_rejected_with_an_escaped_name(tmp_path):
     assert (seen, written, rejected) == (5, 4, 1)
     (source, reason), = plan.rejected_rows()
     assert source == "a/scan\\xff.png" and "not valid UTF-8" in reason
-    source.encode("utf-8")  # storable in rejected.csv
+    manifest = write_dataset(FolderSource(root, channels=1, dtype="uint8"), tmp_path / "out")
+    assert (manifest.counts["written"], manifest.counts["rejected"]) == (4, 1)
+    assert read_rejected(tmp_path / "out")[0][0] == "a/scan\\xff.png"
 
 
 def test_non_utf8_class_folder_is_refused_in_one_line(tmp_path):
