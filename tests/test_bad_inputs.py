@@ -257,3 +257,16 @@ def test_only_conflicting_images_is_a_one_line_error():
     entries = [Item("a.png", image(1), ("neg",)), Item("b.png", image(1), ("pos",))]
     with pytest.raises(ValueError, match="conflicting labels"):
         plan_conversion(ListSource(entries))
+
+
+def test_broken_links_and_fifos_are_rejected_not_read_or_dropped(tmp_path):
+    root = _tree(tmp_path / "src")
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "src" / "a" / "gone.png")
+    os.symlink(tmp_path / "nowhere", tmp_path / "src" / "gone")
+    os.mkfifo(tmp_path / "src" / "b" / "pipe.png")
+    seen, written, rejected, plan = _counts(FolderSource(root, channels=1, dtype="uint8"))
+    assert (seen, written, rejected) == (7, 4, 3)
+    reasons = dict(plan.rejected_rows())
+    assert reasons["a/gone.png"].startswith("broken symbolic link")
+    assert reasons["b/pipe.png"].startswith("not a regular file")
+    assert reasons["gone"] == "file outside any class folder"

@@ -8,6 +8,16 @@ from kmedimg.data.sources.base import (Item, Rejected, check_class_names, is_utf
 from kmedimg.data.sources.registry import register_source
 
 
+def _not_regular_reason(entry):
+    """Why a non-folder entry cannot be read as an image file, or None when it can."""
+    if entry.is_file():
+        return None
+    if entry.is_symlink():
+        return "broken symbolic link: its target does not exist"
+    # A FIFO would block the reader forever; sockets and devices are no images either.
+    return "not a regular file (a FIFO, socket or device)"
+
+
 @register_source("folder")
 class FolderSource:
     """Images in a class-per-folder tree, one item at a time.
@@ -72,8 +82,9 @@ class FolderSource:
         entries = sorted(os.listdir(root))
         folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
         visible = [f for f in folders if not f.startswith(".")]
-        # Files directly in root (hidden ones too, e.g. .DS_Store) are listed as rejected.
-        self._stray_files = [e for e in entries if os.path.isfile(os.path.join(root, e))]
+        # Everything else directly in root (hidden files too, e.g. .DS_Store; broken
+        # links) is listed as rejected.
+        self._stray_files = [e for e in entries if e not in folders]
         if classes is None:
             classes = visible
         else:
@@ -140,7 +151,7 @@ class FolderSource:
             for entry in entries:
                 relative = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
                 if not entry.is_dir():
-                    yield relative, entry.path, None
+                    yield relative, entry.path, _not_regular_reason(entry)
                     continue
                 real = os.path.realpath(entry.path)
                 reason = None
