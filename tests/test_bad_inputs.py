@@ -270,3 +270,11 @@ def test_broken_links_and_fifos_are_rejected_not_read_or_dropped(tmp_path):
     assert reasons["a/gone.png"].startswith("broken symbolic link")
     assert reasons["b/pipe.png"].startswith("not a regular file")
     assert reasons["gone"] == "file outside any class folder"
+
+
+def test_every_source_class_names_are_checked_by_the_plan(tmp_path):
+    path = tmp_path / "m.npz"
+    np.savez(path, train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"NpzSource.class_names: class names 'Normal' and "
+                                         r"'normal ' differ only by case"):
+        plan_conversion(NpzSource(path, class_names=["Normal", "normal "]))

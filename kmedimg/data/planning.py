@@ -31,7 +31,7 @@ import numpy as np
 from kmedimg.core.vocabulary import SPLITS
 from kmedimg.data import schema
 from kmedimg.data.conflicts import patients_in_several_splits, reject_label_conflicts
-from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.data.sources.base import Item, Rejected, check_class_names
 from kmedimg.data.splits import check_fractions, plan_splits
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def check_conversion_arguments(source, encoding, compression, channels, val_frac
         raise ValueError(f"`source.class_names` is empty. Received: source={source!r}")
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"`source.class_names` has repeated names. Received: {class_names}")
+    check_class_names(class_names, f"{type(source).__name__}.class_names")
     if task == "binary" and len(class_names) != 2:
         raise ValueError(
             "A binary source needs exactly 2 class names (negative, positive). "
