@@ -156,9 +156,10 @@ class NpzSource:
             (all present).
 
     Raises:
-        ValueError: unknown keys, a split with images but no labels (or the reverse),
-            mismatched lengths, 3D volumes, NaN/inf or out-of-range values, labels
-            beyond `class_names` — each naming the key.
+        ValueError: an empty or non-zip file, unknown keys, a split with images but no
+            labels (or the reverse), mismatched lengths, 3D volumes, NaN/inf or
+            out-of-range values, labels beyond `class_names` (or, without them, beyond
+            `MAX_INFERRED_CLASSES`) — each naming the key (and the label's row).
 
     Example:
 
