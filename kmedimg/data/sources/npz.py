@@ -14,8 +14,8 @@ from kmedimg.data.sources.registry import register_source
 _KEY_PATTERN = re.compile(r"^(train|val|test)_(images|labels)$")
 # Rows are streamed from the archive in blocks of about this many bytes.
 _BLOCK_BYTES = 1 << 22
-#: Without `class_names` the classes are "0".."max label"; above this many the file is
-#: refused (a stray 10**9 would otherwise allocate a billion class names).
+#: At most this many classes "0".."max label" are inferred (a stray 10**9 label would
+#: allocate a billion class names); more need `class_names`.
 MAX_INFERRED_CLASSES = 1000
 
 _ORGAN = [
@@ -183,15 +183,11 @@ class NpzSource:
         path = self.path
         expected = "a .npz (zip) archive of {split}_images and {split}_labels arrays"
         if os.path.getsize(path) == 0:
-            raise ValueError(
-                f"{path}: the file is empty (0 bytes); expected {expected}. Download or "
-                "save it again. Received: 0 bytes"
-            )
+            raise ValueError(f"{path}: the file is empty (0 bytes); expected {expected}. "
+                             "Download or save it again. Received: 0 bytes")
         if not zipfile.is_zipfile(path):
-            raise ValueError(
-                f"{path}: not a zip archive; expected {expected} (np.savez). "
-                f"Received: {os.path.getsize(path)} bytes of another format"
-            )
+            raise ValueError(f"{path}: not a zip archive; expected {expected} (np.savez). "
+                             f"Received: {os.path.getsize(path)} bytes of another format")
         try:
             with np.load(path, allow_pickle=False) as data:
                 keys = list(data.files)
