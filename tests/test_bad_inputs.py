@@ -163,7 +163,8 @@ def test_control_characters_and_near_duplicate_class_names_are_refused(tmp_path,
 
 def test_huge_integer_label_is_refused_before_allocating(tmp_path):
     path = _csv(tmp_path, ["0.png,0", "1.png,1", "2.png,1000000000"])
-    with pytest.raises(ValueError, match=r"t\.csv: integer label 1000000000 would mean 1000000001 classes"):
+    with pytest.raises(ValueError,
+                       match=r"t\.csv: integer label 1000000000 would mean 1000000001 classes"):
         CsvSource(path)
 
 
