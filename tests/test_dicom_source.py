@@ -318,7 +318,8 @@ def test_labels_from_csv_by_uid_and_path(dicom_tree, tmp_path):
     # A study label applies to every file of the study; files of other studies are rejected.
     table = tmp_path / "labels_study.csv"
     table.write_text("StudyInstanceUID,label\n" + f"{rows[0][2]},a|b\n")
-    source = DicomSource(root, labels=table, salt=SALT, keep_filenames=True, workers=1)
+    source = DicomSource(root, labels=table, salt=SALT, keep_filenames=True, workers=1,
+                         task="multilabel")
     assert source.task == "multilabel"
     entries = list(source)
     labelled = [e for e in entries if isinstance(e, Item)]

@@ -25,7 +25,7 @@ from kmedimg.data.sources import (
     register_source,
 )
 from kmedimg.core.registry import Registry
-from kmedimg.data.sources import registry, tfds as tfds_module
+from kmedimg.data.sources import privacy, registry, tfds as tfds_module
 
 
 def _grey(seed, size=(12, 10)):
@@ -224,11 +224,14 @@ def test_csv_paths_labels_and_row_rejections(tmp_path):
         ],
         header="path,label,patient_id",
     )
-    source = CsvSource(csv_path, class_names=["normal", "pneumonia"])
+    source = CsvSource(csv_path, class_names=["normal", "pneumonia"], salt="s")
     assert source.task == "binary"
     kept, rejected = _split(list(source))
     assert [item.labels for item in kept] == [("normal",), ("pneumonia",), ("pneumonia",)]
-    assert [item.patient for item in kept] == ["p1", "p2", None]
+    # Patient ids are stored as DICOM's salted PatientID hash, never raw.
+    assert [item.patient for item in kept] == [
+        privacy.salted_hash(b"s", "PatientID", "p1"),
+        privacy.salted_hash(b"s", "PatientID", "p2"), None]
     np.testing.assert_array_equal(kept[1].pixels[..., 0], _grey(1))
     reasons = [r.reason for r in rejected]
     assert len(kept) + len(rejected) == 8
@@ -248,7 +251,7 @@ def test_csv_multilabel_root_and_inferred_classes(tmp_path):
     csv_path = _write_csv(
         tmp_path / "sub" / "t.csv", ["0.png,effusion|mass", "1.png,", "2.png,mass"]
     )
-    source = CsvSource(csv_path, root=data)
+    source = CsvSource(csv_path, root=data, task="multilabel")
     assert source.task == "multilabel"
     assert source.class_names == ["effusion", "mass"]
     kept, rejected = _split(list(source))

@@ -30,7 +30,8 @@ import numpy as np
 
 from kmedimg.core.vocabulary import SPLITS
 from kmedimg.data import schema
-from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.data.conflicts import patients_in_several_splits, reject_label_conflicts
+from kmedimg.data.sources.base import Item, Rejected, check_class_names
 from kmedimg.data.splits import check_fractions, plan_splits
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class ConversionPlan:
         duplicate_groups: lists of `PlannedItem`s with identical pixels.
         dropped: duplicate copies rejected (`drop_duplicates=True`).
         straddling: duplicate groups the source's own splits put in several splits.
+        label_conflicts: duplicate groups with different labels (all copies rejected).
+        patients_in_several_splits: patient key -> its splits, for patients the
+            source's own splits divide (kept as given, warned).
         splits: split name -> its `PlannedItem`s in source order.
         shard_counts: split name -> number of shard files.
         shard_of: position -> `(split, shard index)` of every record to write.
@@ -102,6 +106,8 @@ class ConversionPlan:
     duplicate_groups: list = dataclasses.field(default_factory=list)
     dropped: int = 0
     straddling: list = dataclasses.field(default_factory=list)
+    label_conflicts: list = dataclasses.field(default_factory=list)
+    patients_in_several_splits: dict = dataclasses.field(default_factory=dict)
     splits: dict = dataclasses.field(default_factory=collections.OrderedDict)
     shard_counts: dict = dataclasses.field(default_factory=dict)
     shard_of: dict = dataclasses.field(default_factory=dict)
@@ -171,6 +177,7 @@ def check_conversion_arguments(source, encoding, compression, channels, val_frac
         raise ValueError(f"`source.class_names` is empty. Received: source={source!r}")
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"`source.class_names` has repeated names. Received: {class_names}")
+    check_class_names(class_names, f"{type(source).__name__}.class_names")
     if task == "binary" and len(class_names) != 2:
         raise ValueError(
             "A binary source needs exactly 2 class names (negative, positive). "
@@ -266,6 +273,9 @@ def plan_conversion(
         source, task, class_names, show=progress is True)
     _choose_format(plan)
     _find_duplicates(plan)
+    if not plan.kept():  # e.g. every image is a copy under conflicting labels
+        raise ValueError(f"No image is left to write; every entry is rejected, e.g. "
+                         f"{plan.rejected_rows()[-1]}. Received: source={source!r}")
     _assign_splits(plan)
     _assign_shards(plan)
     return plan
@@ -369,11 +379,14 @@ def _choose_format(plan):
 
 
 def _find_duplicates(plan):
-    """Groups exact duplicates; with `drop_duplicates`, rejects all but the first copy."""
+    """Groups exact duplicates, rejects copies under conflicting labels; with
+    `drop_duplicates`, rejects all but the first copy."""
     by_digest = collections.defaultdict(list)
     for entry in plan.kept():
         by_digest[entry.digest].append(entry)
-    plan.duplicate_groups = [group for group in by_digest.values() if len(group) > 1]
+    groups = [group for group in by_digest.values() if len(group) > 1]
+    plan.label_conflicts, plan.duplicate_groups = reject_label_conflicts(
+        groups, plan.rejections, plan.class_names)
     if plan.drop_duplicates:
         for group in plan.duplicate_groups:
             for copy in group[1:]:
@@ -409,6 +422,7 @@ def _assign_splits(plan):
         members = [entry for entry in group if entry.position not in plan.rejections]
         if len({entry.split for entry in members}) > 1:
             plan.straddling.append(group)
+    plan.patients_in_several_splits = patients_in_several_splits(kept)
     if plan.straddling:
         logger.warning(
             "%d exact-duplicate groups straddle the splits given by the source; kept as "

@@ -7,6 +7,9 @@ and find duplicates, one to write).
 """
 
 import dataclasses
+import os
+import re
+import unicodedata
 from typing import Iterator, Optional, Protocol, Union
 
 import numpy as np
@@ -60,3 +63,59 @@ class Source(Protocol):
 
     def describe(self) -> dict:
         """JSON-able description for the manifest's `source` field (format, root, options)."""
+
+
+def printable_name(name):
+    """`name` with bytes that are not UTF-8 shown as `\\xNN` escapes (safe to print and store).
+
+    File names on Linux are bytes; Python decodes undecodable bytes as lone
+    surrogates, which no UTF-8 file (records, rejected.csv, dataset.json) can hold.
+    """
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+
+
+def is_utf8_name(name):
+    """True when the file name `name` (str from the file system) is valid UTF-8."""
+    return printable_name(name) == name
+
+
+def _name_key(name):
+    """What two class names that only a slip of the keyboard tells apart share."""
+    return re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFKC", name)).strip().casefold()
+
+
+def check_class_names(names, where):
+    """Refuses class names that are empty, not UTF-8, hold control characters, or are
+    near-duplicates of one another (differ only by case, spaces, `_` or `-`).
+
+    Such names are almost always a slip (a NUL byte pasted into a label, `Pneumonia`
+    beside `pneumonia`, `normal ` beside `normal`) that would silently add a class.
+
+    Args:
+        names: the class names.
+        where: the file or folder they come from, for the message.
+
+    Raises:
+        ValueError: naming the bad class and saying the fix.
+    """
+    by_key = {}
+    for name in names:
+        name = str(name)
+        if not name.strip():
+            raise ValueError(
+                f"{where}: empty class name. Give every class a name. Received: {list(names)}"
+            )
+        if not is_utf8_name(name) or any(unicodedata.category(c) in ("Cc", "Cf", "Cs")
+                                         for c in name):
+            raise ValueError(
+                f"{where}: class name {printable_name(name)!r} holds a control or invalid "
+                "character (e.g. a NUL byte or a non-UTF-8 byte); rename the folder or fix "
+                f"the label. Received: class {printable_name(name)!r}"
+            )
+        other = by_key.setdefault(_name_key(name), name)
+        if other != name:
+            raise ValueError(
+                f"{where}: class names {other!r} and {name!r} differ only by case, spaces, "
+                "'_' or '-' (a typo would create a second class); merge them into one name. "
+                f"Received: classes {sorted(map(str, names))}"
+            )

@@ -3,8 +3,19 @@
 import os
 
 from kmedimg.data.sources import image_files
-from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.data.sources.base import (Item, Rejected, check_class_names, is_utf8_name,
+                                         printable_name)
 from kmedimg.data.sources.registry import register_source
+
+
+def _not_regular_reason(entry):
+    """Why a non-folder entry cannot be read as an image file, or None when it can."""
+    if entry.is_file():
+        return None
+    if entry.is_symlink():
+        return "broken symbolic link: its target does not exist"
+    # A FIFO would block the reader forever; sockets and devices are no images either.
+    return "not a regular file (a FIFO, socket or device)"
 
 
 @register_source("folder")
@@ -16,7 +27,10 @@ class FolderSource:
     Files are recognised by content (PNG, JPEG, BMP, TIFF), so a PNG named `.jpg` is
     fine. Every file under a class folder becomes an `Item` or a `Rejected` with the
     reason (not an image, unsupported format, truncated, multi-frame, ...); files
-    lying directly in `root` are rejected as "outside any class folder". Hidden
+    lying directly in `root` are rejected as "outside any class folder", files whose
+    names are not UTF-8 as such (shown with `\\x` escapes). Symlinked sub-folders are
+    followed when they stay inside `root`; one that leaves it or loops is rejected
+    with the reason. Hidden
     folders in `root` (`.git`, `.ipynb_checkpoints`) and folders left out by `classes`
     are not read and are listed in `describe()["ignored_directories"]`.
 
@@ -68,8 +82,9 @@ class FolderSource:
         entries = sorted(os.listdir(root))
         folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
         visible = [f for f in folders if not f.startswith(".")]
-        # Files directly in root (hidden ones too, e.g. .DS_Store) are listed as rejected.
-        self._stray_files = [e for e in entries if os.path.isfile(os.path.join(root, e))]
+        # Everything else directly in root (hidden files too, e.g. .DS_Store; broken
+        # links) is listed as rejected.
+        self._stray_files = [e for e in entries if e not in folders]
         if classes is None:
             classes = visible
         else:
@@ -92,7 +107,8 @@ class FolderSource:
                 f"{root}: a classification tree needs at least 2 class folders. "
                 f"Received: classes={classes}"
             )
-        empty = [name for name in classes if not self._has_files(os.path.join(root, name))]
+        check_class_names(classes, f"{printable_name(root)} (class folders)")
+        empty = [name for name in classes if not self._has_files(name)]
         if empty:
             raise ValueError(
                 f"{root}: class folders with no files: {empty}. Remove them or pass "
@@ -110,28 +126,64 @@ class FolderSource:
     def sniff(spec):
         return 1 if os.path.isdir(spec) else 0
 
-    @staticmethod
-    def _has_files(folder):
-        for _, _, filenames in os.walk(folder):
-            if filenames:
-                return True
-        return False
+    def _has_files(self, class_name):
+        return next(self._walk(class_name), None) is not None
+
+    def _walk(self, class_name):
+        """Yields `(relative, path, reason)` under a class folder: files to read
+        (`reason` None) and entries refused with their reason, in a stable order
+        (a folder's files, then its sub-folders, each sorted by name).
+
+        Symlinked sub-folders are followed when they point inside the source folder
+        (or inside the class folder's own target, when the class folder is a link);
+        one that leaves it, or leads to a folder already read (a link loop), is
+        refused with the reason, never dropped silently.
+        """
+        class_root = os.path.join(self.root, class_name)
+        allowed = (os.path.realpath(self.root), os.path.realpath(class_root))
+        read = {os.path.realpath(class_root)}
+        stack = [class_root]
+        while stack:
+            directory = stack.pop()
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+            folders = []
+            for entry in entries:
+                relative = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
+                if not entry.is_dir():
+                    yield relative, entry.path, _not_regular_reason(entry)
+                    continue
+                real = os.path.realpath(entry.path)
+                reason = None
+                if entry.is_symlink() and not any(
+                        real == top or real.startswith(top + os.sep) for top in allowed):
+                    reason = ("symlinked folder points outside the source folder; copy its "
+                              "files in or link them from inside the source folder")
+                elif real in read:
+                    reason = ("symlinked folder leads to a folder already read (a link "
+                              "loop or a second link to it); its files are not read twice")
+                if reason is not None:
+                    yield relative, entry.path, reason
+                    continue
+                read.add(real)
+                folders.append(entry.path)
+            stack.extend(reversed(folders))
 
     def _files(self):
-        """Yields `(relative_path, absolute_path, class_name)` in a stable order."""
+        """Yields `(relative_path, absolute_path, class_name, reason)` in a stable order;
+        `reason` is None for a file to read, else why the entry is refused."""
         for class_name in self.class_names:
-            class_root = os.path.join(self.root, class_name)
-            for dirpath, dirnames, filenames in os.walk(class_root):
-                dirnames.sort()
-                for filename in sorted(filenames):
-                    path = os.path.join(dirpath, filename)
-                    relative = os.path.relpath(path, self.root).replace(os.sep, "/")
-                    yield relative, path, class_name
+            for relative, path, reason in self._walk(class_name):
+                if reason is None and not is_utf8_name(relative):
+                    relative = printable_name(relative)
+                    reason = ("file name is not valid UTF-8 (shown with \\x escapes); rename "
+                              "it, e.g. with `convmv -f latin1 -t utf8`")
+                yield relative, path, class_name, reason
 
     def resolve(self):
         """The `(channels, dtype)` actually written (runs the `"auto"` scan once)."""
         if self._resolved is None:
-            paths = (path for _, path, _ in self._files())
+            paths = (path for _, path, _, reason in self._files() if reason is None)
             self._resolved = image_files.scan(
                 paths, self.channels, self.dtype, self.grey_tolerance
             )
@@ -140,8 +192,11 @@ class FolderSource:
     def __iter__(self):
         channels, dtype = self.resolve()
         for name in self._stray_files:
-            yield Rejected(name, "file outside any class folder")
-        for relative, path, class_name in self._files():
+            yield Rejected(printable_name(name), "file outside any class folder")
+        for relative, path, class_name, reason in self._files():
+            if reason is not None:
+                yield Rejected(relative, reason)
+                continue
             try:
                 pixels = image_files.load(path, channels, dtype)
             except image_files.ImageFileError as error:

@@ -59,6 +59,8 @@ def _open(path):
 
     try:
         image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageFileError(f"decompression bomb refused: {error}") from None
     except UnidentifiedImageError:
         raise ImageFileError("not an image file Pillow can identify") from None
     except (OSError, ValueError, SyntaxError) as error:

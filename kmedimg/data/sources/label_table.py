@@ -9,8 +9,10 @@
   `StudyInstanceUID` or `SOPInstanceUID` (a study label applies to every file of the
   study). Multi-label rows separate names with `|` (`effusion|nodule`).
 
-The task is `binary` for two classes with one label each, `multiclass` for more,
-`multilabel` as soon as a row holds several names, unless given.
+The task is `binary` for two classes, `multiclass` for more, unless given; a row
+holding several names is an error unless `task="multilabel"` (one stray `a|b` row
+must not turn a whole table multi-label). The CSV must be UTF-8, and class names
+holding control characters or differing only by case/spaces are refused.
 """
 
 import csv
@@ -18,10 +20,36 @@ import os
 import pathlib
 
 from kmedimg.core.vocabulary import TASKS
+from kmedimg.data.sources.base import check_class_names
 
 KEY_COLUMNS = ("path", "StudyInstanceUID", "SOPInstanceUID")
 LABEL_COLUMNS = ("label", "labels")
 MULTI_LABEL_SEPARATOR = "|"
+
+
+def is_index(text):
+    """True for a label cell that is a 0-based class index (ASCII digits only)."""
+    return text.isascii() and text.isdigit()
+
+
+def check_utf8(path):
+    """Raises ValueError naming the first line of the text file `path` that is not UTF-8.
+
+    Tables exported from spreadsheets are often latin-1 or cp1252; decoding them as
+    UTF-8 would fail half-way through a conversion (or, read as latin-1, silently
+    garble names).
+    """
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}: line {number} is not UTF-8 (byte 0x{line[error.start]:02x} at "
+                    f"column {error.start + 1}); CSV files are read as UTF-8. Re-save it as "
+                    f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {os.path.basename(path)}`. "
+                    f"Received: a file in another encoding (latin-1 or cp1252?)"
+                ) from None
 
 
 class LabelTable:
@@ -55,6 +83,7 @@ class LabelTable:
                 f"Received: root={str(root)!r}"
             )
         names = _check_class_names(class_names, found, f"{root} (class folders)")
+        check_class_names(names, f"{root} (class folders)")
         return cls("folders", {}, "path", names, _infer_task(task, names, multi=False))
 
     @classmethod
@@ -63,6 +92,7 @@ class LabelTable:
         csv_path = pathlib.Path(csv_path)
         if not csv_path.is_file():
             raise FileNotFoundError(f"labels CSV not found: {csv_path}")
+        check_utf8(csv_path)
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
@@ -90,6 +120,12 @@ class LabelTable:
                     while key.startswith("./"):
                         key = key[2:]
                 names = tuple(n.strip() for n in value.split(MULTI_LABEL_SEPARATOR) if n.strip())
+                if len(names) > 1 and task != "multilabel":
+                    raise ValueError(
+                        f"{csv_path}, line {line}: {len(names)} labels {value!r} but the task "
+                        "is not multi-label; pass task='multilabel' (CLI: --task multilabel) "
+                        f"for a multi-label table, or fix the row. Received: task={task!r}"
+                    )
                 multi = multi or len(names) > 1
                 if key in mapping and mapping[key] != names:
                     raise ValueError(
@@ -101,6 +137,7 @@ class LabelTable:
         if not mapping:
             raise ValueError(f"{csv_path}: no label rows.")
         names = _check_class_names(class_names, sorted(set(seen)), str(csv_path))
+        check_class_names(names, str(csv_path))
         return cls("csv", mapping, key_column, names, _infer_task(task, names, multi))
 
     def lookup(self, relative_path, uids=None):

@@ -14,6 +14,9 @@ from kmedimg.data.sources.registry import register_source
 _KEY_PATTERN = re.compile(r"^(train|val|test)_(images|labels)$")
 # Rows are streamed from the archive in blocks of about this many bytes.
 _BLOCK_BYTES = 1 << 22
+#: At most this many classes "0".."max label" are inferred (a stray 10**9 label would
+#: allocate a billion class names); more need `class_names`.
+MAX_INFERRED_CLASSES = 1000
 
 _ORGAN = [
     "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right",
@@ -153,9 +156,10 @@ class NpzSource:
             (all present).
 
     Raises:
-        ValueError: unknown keys, a split with images but no labels (or the reverse),
-            mismatched lengths, 3D volumes, NaN/inf or out-of-range values, labels
-            beyond `class_names` — each naming the key.
+        ValueError: an empty or non-zip file, unknown keys, a split with images but no
+            labels (or the reverse), mismatched lengths, 3D volumes, NaN/inf or
+            out-of-range values, labels beyond `class_names` (or, without them, beyond
+            `MAX_INFERRED_CLASSES`) — each naming the key (and the label's row).
 
     Example:
 
@@ -177,11 +181,18 @@ class NpzSource:
     def _present_splits(self, splits):
         """The splits to read: those the file holds (each with images and labels)."""
         path = self.path
+        expected = "a .npz (zip) archive of {split}_images and {split}_labels arrays"
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path}: the file is empty (0 bytes); expected {expected}. "
+                             "Download or save it again. Received: 0 bytes")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a zip archive; expected {expected} (np.savez). "
+                             f"Received: {os.path.getsize(path)} bytes of another format")
         try:
             with np.load(path, allow_pickle=False) as data:
                 keys = list(data.files)
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path}: not a readable .npz archive ({error}).") from error
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: not a readable .npz archive ({error}).") from None
         unknown = [key for key in keys if not _KEY_PATTERN.match(key)]
         if unknown:
             raise ValueError(
@@ -276,19 +287,35 @@ class NpzSource:
                     f"class names were given. Received: class_names={class_names}"
                 )
         else:
-            largest = max(int(labels.max()) if labels.size else 0 for labels in self._labels.values())
+            split, row, largest = self._largest_label()
+            where = f"{path}: key {split}_labels row {row} holds class index {largest}"
             if class_names is None:
+                if largest >= MAX_INFERRED_CLASSES:
+                    raise ValueError(
+                        f"{where}; without class_names that means {largest + 1} classes "
+                        f"(at most {MAX_INFERRED_CLASSES} are inferred). Fix the label or pass "
+                        f"class_names (CLI: --class-names). Received: {split}_labels[{row}]="
+                        f"{largest}"
+                    )
                 class_names = [str(i) for i in range(max(largest + 1, 2))]
             if largest >= len(class_names):
                 raise ValueError(
-                    f"{path}: a label index {largest} is beyond the {len(class_names)} class "
-                    f"names. Received: class_names={class_names}"
+                    f"{where}, beyond the {len(class_names)} class names. Fix the label or "
+                    f"the class names. Received: class_names={class_names}"
                 )
             self.task = "binary" if len(class_names) == 2 else "multiclass"
         if len(set(class_names)) != len(class_names):
             raise ValueError(f"`class_names` has repeated names. Received: {class_names}")
         self.class_names = class_names
         self.class_names_detected = detected is not None and class_names == detected
+
+    def _largest_label(self):
+        """`(split, row, value)` of the largest single-label class index."""
+        best = (self.splits[0], 0, 0)
+        for split, labels in self._labels.items():
+            if labels.size and int(labels.max()) > best[2]:
+                best = (split, int(labels[:, 0].argmax()), int(labels.max()))
+        return best
 
     @classmethod
     def from_spec(cls, spec, **options):
