@@ -93,7 +93,8 @@ def _medical_flags(parser):
                        help="uint16 storage scale (DICOM default 1; NIfTI default per volume)")
     group.add_argument(
         "--salt-file", default=None,
-        help="file with the secret salt of patient keys and ids, created if missing; must be "
+        help="file with the secret salt of patient keys and ids (DICOM, NIfTI, CSV patient_id), "
+        "created if missing; must be "
         "outside OUT (default ~/.kmedimg/patient_salt)",
     )
     group.add_argument("--keep-filenames", action="store_true", default=None,

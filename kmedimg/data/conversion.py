@@ -25,7 +25,7 @@ _MEDICAL_OPTIONS = {
 FORMAT_OPTIONS = {
     "folder": {"classes": "classes", "grey_tolerance": "grey_tolerance"},
     "csv": {"root": "root", "task": "task", "label_separator": "label_separator",
-            "ignore_extra_columns": "ignore_extra_columns"},
+            "ignore_extra_columns": "ignore_extra_columns", "salt_file": "salt_file"},
     "npz": {"splits": "splits"},
     "tfds": {"tfds_data_dir": "data_dir", "tfds_download": "download",
              "image_key": "image_key", "label_key": "label_key"},

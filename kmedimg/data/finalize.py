@@ -92,6 +92,8 @@ def duplicates_report(plan):
         "items": sum(len(group) for group in groups),
         "dropped": plan.dropped,
         "straddling": len(plan.straddling),
+        # Identical images under different labels: every copy is rejected (rejected.csv).
+        "label_conflicts": len(plan.label_conflicts),
         "list": [describe_group(group) for group in groups[:_MAX_LISTED_DUPLICATE_GROUPS]],
         "list_truncated": len(groups) > _MAX_LISTED_DUPLICATE_GROUPS,
     }
@@ -136,6 +138,7 @@ def build_manifest(plan, splits, rejected_rows, source_description, conversion_a
             "promoted_grey_to_rgb": plan.promoted,
             "splits_given_by_source": plan.splits_given_by_source,
             "args": dict(conversion_args or {}),
+            "patients_in_several_splits": len(plan.patients_in_several_splits),
         },
         counts={
             "seen": len(plan.entries),

@@ -101,6 +101,14 @@ def conversion_summary(manifest, out_dir, items):
         lines += ["", f"Exact duplicates: {groups} groups, {manifest.duplicates.get('items', 0)} "
                   f"images, {extra_copies} extra copies ({advice}). "
                   f"Groups straddling splits: {manifest.duplicates.get('straddling', 0)}."]
+    conflicts = manifest.duplicates.get("label_conflicts", 0)
+    if conflicts:
+        lines += ["", f"Identical images under different labels: {conflicts} groups, every copy "
+                  "rejected (see rejected.csv); fix the labels and convert again."]
+    straddling_patients = (manifest.conversion or {}).get("patients_in_several_splits", 0)
+    if straddling_patients:
+        lines += ["", f"Patients in several given splits: {straddling_patients} (the splits "
+                  "were kept as given; a patient-level evaluation needs them disjoint)."]
     return "\n".join(lines)
 
 
