@@ -152,7 +152,8 @@ def test_no_feature_map_of_4x4_warns_and_suggests_occlusion():
     assert "cannot localise" in warning and "--method occlusion" in warning
     with pytest.warns(gradcam.GradCamWarning, match="occlusion"):
         explainer = evaluation.GradCam(model, layer="c5_conv")
-    assert "layer 'c5_conv' is 1×1" in explainer.describe()["warning"]
+    assert "layer 'c5_conv' of 'lenet5_modern' has a 1×1 feature map at 32×32 input" in (
+        explainer.describe()["warning"])
 
 
 def test_report_grad_cam_has_a_colour_bar_a_uniform_colormap_and_the_warning():

@@ -92,11 +92,18 @@ def choose_layer(model, min_size=MIN_FEATURE_SIZE):
     return registered.name, None, _too_small(model, registered.name, size, min_size, pixels)
 
 
-def _too_small(model, layer_name, size, min_size, pixels):
-    return (f"Grad-CAM cannot localise here: {model.backbone_name!r} at {pixels} input has no "
-            f"block output with a feature map of at least {min_size}×{min_size} (layer {layer_name!r} "
-            f"is {_size_text(size)}), so the heatmap is nearly uniform. Use occlusion sensitivity "
-            "instead (kmedimg explain --method occlusion), or a larger image size.")
+def _too_small(model, layer_name, size, min_size, pixels, chosen=False):
+    """Why Grad-CAM cannot localise on `layer_name`, and what to do instead."""
+    if chosen:
+        reason = (f"layer {layer_name!r} of {model.backbone_name!r} has a {_size_text(size)} feature map at "
+                  f"{pixels} input (under {min_size}×{min_size})")
+        fix = "Leave the layer to the default (the deepest block output of at least 4×4), use"
+    else:
+        reason = (f"{model.backbone_name!r} at {pixels} input has no block output with a feature map of at "
+                  f"least {min_size}×{min_size} (layer {layer_name!r} is {_size_text(size)})")
+        fix = "Use"
+    return (f"Grad-CAM cannot localise here: {reason}, so the heatmap is nearly uniform. {fix} occlusion "
+            "sensitivity instead (kmedimg explain --method occlusion), or a larger image size.")
 
 
 class GradCam:
@@ -146,7 +153,8 @@ class GradCam:
             )
         if self.warning is None and min(self.feature_shape) < MIN_FEATURE_SIZE:
             pixels = "×".join(map(str, self.input_spec[:2]))
-            self.warning = _too_small(self.model, self.layer_name, self.feature_shape, MIN_FEATURE_SIZE, pixels)
+            self.warning = _too_small(self.model, self.layer_name, self.feature_shape, MIN_FEATURE_SIZE, pixels,
+                                      chosen=True)
         if self.warning:
             warnings.warn(self.warning, GradCamWarning, stacklevel=2)
         self.geometry = feature_geometry(self.model.backbone, target)
