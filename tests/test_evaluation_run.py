@@ -91,8 +91,10 @@ def test_evaluate_command_writes_metrics_predictions_and_report(run, capsys):
         text = handle.read()
     _check_report(text)
     for words in ("Grad-CAM", "chosen on the <b>val</b> split", "Difference", "config.yaml",
-                  "finetune"):
+                  "finetune", "layer c5_conv (9×9 map)", "viridis"):
         assert words in text
+    assert result["grad_cam"] == {"method": "gradcam", "layer": "c5_conv", "feature_map": [9, 9],
+                                  "note": None, "warning": None}
     # The operating point chosen on val is refused on val.
     assert cli.main(["evaluate", run_dir, "--split", "val", "--no-report"]) == 2
     assert "chosen on 'val'" in capsys.readouterr().err
@@ -249,3 +251,75 @@ def test_evaluate_model_on_arrays_and_refusals(run):
                                   "binary")
     with pytest.raises(ValueError, match="tta"):
         evaluation.evaluate_model(model, (images, labels), "binary", tta="rotate")
+
+
+def _save_untrained(path, size):
+    """A `.keras` file of an untrained LeNet-5 classifier (no run directory)."""
+    from kmedimg.models import build_classifier
+
+    build_classifier("lenet5_modern", 1, (size, size, 1), weights=None).save(path)
+    return str(path)
+
+
+def test_explain_says_when_grad_cam_cannot_localise(tmp_path, capsys):
+    """At 32 px LeNet-5's c5_conv map is 1x1: explain uses its 5x5 s4_pool block output,
+    and an explicitly requested 1x1 layer gets a warning suggesting occlusion."""
+    model_path = _save_untrained(tmp_path / "model.keras", 32)
+    image = tmp_path / "scan.npy"
+    np.save(image, np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8))
+    assert cli.main(["explain", model_path, str(image), "--out", str(tmp_path / "auto")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(["explain", model_path, str(image), "--out", str(tmp_path / "c5"),
+                     "--layer", "c5_conv"]) == 0
+    captured = capsys.readouterr()
+    assert "kmedimg explain: warning: Grad-CAM cannot localise here" in captured.err
+    assert "--method occlusion" in captured.err and captured.out.strip().endswith(".gradcam.png")
+
+
+def test_a_run_saved_by_0_1_0_is_converted_and_a_foreign_model_refused(run, tmp_path, capsys):
+    import shutil
+
+    import keras
+
+    from kmedimg.models import ImageClassifier, get_backbone
+    from kmedimg.runs import load_model_for_inference
+    from test_models_image_classifier import _old_build_classifier
+
+    run_dir, data_dir, model = run
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    shutil.copy(os.path.join(run_dir, "config.yaml"), old_run / "config.yaml")
+    old = _old_build_classifier(model.backbone, get_backbone("lenet5_modern"), (IMAGE_SIZE, IMAGE_SIZE, 1),
+                                "binary", 1, dropout=0.0)
+    old.get_layer("predictions").set_weights(model.output_dense.get_weights())
+    old.save(old_run / "model.keras")
+    loaded, info = load_model_for_inference(str(old_run))
+    assert isinstance(loaded, ImageClassifier) and (loaded.task, info["task"]) == ("binary", "binary")
+    images, _ = _test_images(data_dir, 4)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    assert cli.main(["predict", str(old_run), data_dir, "--out", str(tmp_path / "p.csv")]) == 0
+    inputs_ = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
+    foreign = keras.Model(inputs_, keras.layers.Dense(1)(keras.layers.Flatten()(inputs_)), name="foreign")
+    foreign.save(tmp_path / "foreign.keras")
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "foreign.keras"), data_dir]) == 2
+    error = capsys.readouterr().err
+    assert "foreign.keras: Expected an ImageClassifier, or a functional classifier written by kmedimg 0.1.0" in error
+
+
+def test_a_split_without_records_is_named_with_the_splits_that_have_them(run, tmp_path, capsys):
+    import shutil
+
+    run_dir, data_dir, _ = run
+    assert cli.main(["predict", run_dir, data_dir, "--split", "tset"]) == 2
+    error = capsys.readouterr().err
+    assert "has no records in split 'tset' to predict; the splits with records are {" in error
+    assert "'test': 40" in error and "Received: split='tset'" in error
+    # A manifest listing an empty split (the data loader's "split 'x' is empty").
+    empty = tmp_path / "data"
+    shutil.copytree(data_dir, empty)
+    manifest = json.load(open(empty / "dataset.json"))
+    manifest["splits"]["test"].update(count=0, shards=[], class_counts={"normal": 0, "opacity": 0})
+    json.dump(manifest, open(empty / "dataset.json", "w"))
+    assert cli.main(["evaluate", run_dir, "--data", str(empty), "--no-report"]) == 2
+    assert "has no records in split 'test' to evaluate" in capsys.readouterr().err

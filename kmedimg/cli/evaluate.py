@@ -1,5 +1,7 @@
 """`kmedimg evaluate RUN_DIR`: metrics with 95% CIs at a validation-chosen operating point."""
 
+import sys
+
 from kmedimg.evaluation.prediction import TTA_MODES
 from kmedimg.evaluation.thresholds import CHOSEN_RULES
 from kmedimg.runs.evaluate import evaluate_run
@@ -40,4 +42,6 @@ def _run(args):
     print(f"{result['split']}: {result['num_samples']} cases, {headline} {entry['value']:.3f}{low}")
     for name, path in written.items():
         print(f"  {name}: {path}")
+    if (result.get("grad_cam") or {}).get("warning"):
+        print(f"kmedimg evaluate: warning: {result['grad_cam']['warning']}", file=sys.stderr)
     return 0

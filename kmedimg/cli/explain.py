@@ -1,5 +1,9 @@
 """`kmedimg explain MODEL IMAGE... --out DIR`: Grad-CAM / Grad-CAM++ / occlusion overlays."""
 
+import sys
+import warnings
+
+from kmedimg.evaluation.gradcam import GradCamWarning
 from kmedimg.runs.explain import EXPLAIN_METHODS, explain_run
 
 
@@ -23,7 +27,15 @@ def add_parser(subparsers):
 
 
 def _run(args):
-    for path in explain_run(args.model, args.images, args.out, method=args.method,
-                            class_index=args.class_index, layer=args.layer):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GradCamWarning)
+        written = explain_run(args.model, args.images, args.out, method=args.method,
+                              class_index=args.class_index, layer=args.layer)
+    for path in written:
         print(path)
+    for warning in caught:
+        if issubclass(warning.category, GradCamWarning):
+            print(f"kmedimg explain: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return 0

@@ -32,7 +32,7 @@ import tensorflow as tf
 from kmedimg.core.run_directory import join, write_json
 from kmedimg.data.pipeline import load, read_manifest
 from kmedimg.evaluation import inputs
-from kmedimg.evaluation.model_file import load_keras_model
+from kmedimg.evaluation.model_file import as_classifier, load_keras_model
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
@@ -116,7 +116,9 @@ def export_model(model, out_dir, format="keras", quantize="none", calibration=No
     """Exports `model` to `out_dir` and verifies it with the format's own runtime.
 
     Args:
-        model: a Keras classifier taking raw pixels.
+        model: an `ImageClassifier` taking raw pixels; a classifier saved by kmedimg
+            0.1.0 is converted (`kmedimg.models.as_image_classifier`) and exported in
+            the current format.
         out_dir: output folder (created).
         format: "keras", "savedmodel" or "tflite". Defaults to `"keras"`.
         quantize: "none", "dynamic", "float16" or "int8" (TFLite only).
@@ -133,6 +135,7 @@ def export_model(model, out_dir, format="keras", quantize="none", calibration=No
         (max/mean absolute probability difference to the Keras model).
     """
     quantize = check_export_options(format, quantize)
+    model = as_classifier(model)
     out_dir = os.fspath(out_dir)
     tf.io.gfile.makedirs(out_dir)
     if check_images is None:

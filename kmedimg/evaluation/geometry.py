@@ -8,8 +8,6 @@ the exact centre of each cell is computed here.
 
 import numpy as np
 
-from kmedimg.evaluation.introspection import nested_models
-
 
 def _axis_geometry(layer, axis, start, jump):
     """Updates (start, jump) of one spatial axis through a conv/pool/padding layer."""
@@ -32,8 +30,13 @@ def _axis_geometry(layer, axis, start, jump):
     return start + jump * ((effective - 1) / 2 - pad_before), jump * stride
 
 
-def feature_geometry(model, layer):
+def feature_geometry(backbone, layer):
     """Where the target layer's feature-map cells sit on the input image.
+
+    Args:
+        backbone: the model holding `layer` (an `ImageClassifier`'s `backbone`; its
+            input has the classifier's height and width).
+        layer: a layer of `backbone`.
 
     Returns `((start_y, jump_y), (start_x, jump_x))` — cell `i` is centred on input pixel
     `start + i * jump` — computed by receptive-field arithmetic when the path from the
@@ -42,16 +45,11 @@ def feature_geometry(model, layer):
     'valid' convolutions the evenly-spread assumption misplaces the map by up to half a
     receptive field.
     """
-    container = None
-    for candidate in [model] + nested_models(model):
-        if any(inner is layer for inner in candidate.layers):
-            container = candidate
-            break
-    if container is None:
+    if not any(inner is layer for inner in backbone.layers):
         return None
     geometry = [(0.0, 1.0), (0.0, 1.0)]
     previous = None
-    for inner in container.layers:
+    for inner in backbone.layers:
         if type(inner).__name__ == "InputLayer":
             previous = inner
             continue

@@ -1,110 +1,129 @@
 """`GradCam`: where does the model look? Grad-CAM and Grad-CAM++ heatmaps.
 
-Grad-CAM (Selvaraju et al., 2017) weights the feature maps of the last convolutional
-layer by the spatial mean of the class score's gradient; Grad-CAM++ (Chattopadhay et
-al., 2018) uses higher-order weights that localise several instances better. The
-layer comes from the backbone registry record (`last_conv_layer`), never from
-guessing names. Occlusion sensitivity needs no gradients: it slides a patch over the
-image and records how much the class score drops (`kmedimg.evaluation.occlusion`).
+Grad-CAM (Selvaraju et al., 2017) weights the feature maps of a convolutional layer
+by the spatial mean of the class score's gradient; Grad-CAM++ (Chattopadhay et al.,
+2018) uses higher-order weights that localise several instances better. The class
+score is the logit (`ImageClassifier.gradcam_model`), as in the Grad-CAM paper: a
+confident model's probability is saturated and has no gradient. Occlusion
+sensitivity needs no gradients (`kmedimg.evaluation.occlusion`).
 
-The class score explained is the output layer's pre-activation score (the logit of
-the class), as in the Grad-CAM paper: a confident model's probability is saturated
-and has no gradient. (Models whose output layer is not a sigmoid/softmax Dense are
-explained through the log-odds of their probabilities.)
+The layer is the backbone registry's `last_conv_layer`, unless its map is smaller
+than `MIN_FEATURE_SIZE` cells a side at the model's input size (a 1x1 map gives a
+uniform heatmap): then the deepest block output whose map is large enough
+(`choose_layer`). When no block output is, the explainer says so in `warning` (and
+a `GradCamWarning`) and suggests occlusion.
 
 Example:
 
 ```python
 from kmedimg.evaluation import GradCam, save_overlay
 
-explainer = GradCam(model)                 # finds the backbone's last conv layer
+explainer = GradCam(model)                 # an ImageClassifier (build_classifier)
 heatmaps = explainer(images)               # [B, H, W] in [0, 1]
-save_overlay("case.png", images[0], heatmaps[0], title="Grad-CAM")
+save_overlay("case.png", images[0], heatmaps[0], title=explainer.layer_name)
 ```
 """
 
+import warnings
+
+import keras
 import numpy as np
 import tensorflow as tf
 
 from kmedimg.evaluation.geometry import feature_geometry, interpolation_matrix
-from kmedimg.evaluation.introspection import (
-    Capture,
-    Logits,
-    backbone_names,
-    infer_task,
-    output_activation_layer,
-    registered_backbone,
-)
-from kmedimg.evaluation.scores import EPSILON, class_score, default_class, logit_score
-from kmedimg.models.backbones import list_backbones
+from kmedimg.evaluation.model_file import as_classifier
+from kmedimg.evaluation.scores import EPSILON, default_class, logit_score
+from kmedimg.models import backbone_blocks
 
 METHODS = ("gradcam", "gradcam++")
+MIN_FEATURE_SIZE = 4
+"""Smallest feature map side (cells) Grad-CAM explains without a warning."""
 
 
-def find_layer(model, name):
-    """The layer called `name` in `model` or any model nested in it (depth first).
+class GradCamWarning(UserWarning):
+    """Grad-CAM cannot localise at this input size: the feature map is too small."""
 
-    Raises:
-        ValueError: listing the nested models searched.
-    """
-    searched = []
 
-    def search(container):
-        searched.append(container.name)
-        for layer in container.layers:
-            if layer.name == name:
-                return layer
-        for layer in container.layers:
-            if hasattr(layer, "layers"):
-                found = search(layer)
-                if found is not None:
-                    return found
+def feature_size(layer):
+    """`(height, width)` of a layer's output feature map, or None when it is not one."""
+    shape = getattr(layer, "output", None)
+    shape = None if shape is None or isinstance(shape, (list, tuple)) else tuple(shape.shape)
+    if shape is None or len(shape) != 4 or None in shape[1:3]:
         return None
-
-    found = search(model)
-    if found is None:
-        raise ValueError(
-            f"No layer named {name!r} in model {model.name!r} or its nested models "
-            f"{searched[1:]}. Received: layer={name!r}"
-        )
-    return found
+    return int(shape[1]), int(shape[2])
 
 
-def target_layer(model, layer=None):
-    """The layer Grad-CAM differentiates: given, or the backbone's `last_conv_layer`.
+def _size_text(size):
+    return "no 2D map" if size is None else f"{size[0]}×{size[1]}"
+
+
+def choose_layer(model, min_size=MIN_FEATURE_SIZE):
+    """The backbone layer Grad-CAM explains, and why.
+
+    The registry's `last_conv_layer` when its map is at least `min_size` cells a
+    side; else the deepest output of a backbone block (walking the registry's
+    ordered blocks back from that layer) whose map is; else the registry layer,
+    with a warning.
 
     Args:
-        model: a model built by `kmedimg.models.build_classifier` (the backbone is a
-            nested model whose name is its registry name), or any Keras model when
-            `layer` is given.
-        layer: a layer name or Layer to use instead. Defaults to `None`.
+        model: an `ImageClassifier`.
+        min_size: smallest map side accepted. Defaults to `4`.
 
-    Raises:
-        ValueError: when no registered backbone is found and no layer is given.
+    Returns:
+        `(layer_name, note, warning)`; `note` says why another layer than the
+        registry's was chosen, `warning` why Grad-CAM cannot localise (else None).
     """
-    if layer is not None:
-        return layer if not isinstance(layer, str) else find_layer(model, layer)
-    found = registered_backbone(model)
-    if found is not None:
-        nested, record = found
-        return find_layer(nested, record.last_conv_layer)
-    raise ValueError(
-        f"Model {model.name!r} contains no registered backbone (nested models: "
-        f"{backbone_names(model)}; registered: {sorted(list_backbones())}). "
-        "Pass the layer to explain, e.g. layer='conv5_block3_out'. Received: layer=None"
-    )
+    registered = model.backbone.get_layer(model.gradcam_layer)
+    size = feature_size(registered)
+    if size is not None and min(size) >= min_size:
+        return registered.name, None, None
+    ordered = [layer for layer in model.backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    before = ordered[:ordered.index(registered)]
+    block_ends = {id(layers[-1]) for _, layers in backbone_blocks(model) if layers}
+    pixels = "×".join(str(v) for v in model.input_shape[1:3])
+    for layer in reversed(before):
+        candidate = feature_size(layer)
+        if id(layer) in block_ends and candidate is not None and min(candidate) >= min_size:
+            note = (f"Grad-CAM explains {layer.name!r} ({_size_text(candidate)} map), the deepest "
+                    f"block output of {model.backbone_name!r} with a map of at least {min_size}×{min_size} "
+                    f"at {pixels} input: the registered layer {registered.name!r} has a "
+                    f"{_size_text(size)} map there.")
+            return layer.name, note, None
+    return registered.name, None, _too_small(model, registered.name, size, min_size, pixels)
+
+
+def _too_small(model, layer_name, size, min_size, pixels, chosen=False):
+    """Why Grad-CAM cannot localise on `layer_name`, and what to do instead."""
+    if chosen:
+        reason = (f"layer {layer_name!r} of {model.backbone_name!r} has a {_size_text(size)} feature map at "
+                  f"{pixels} input (under {min_size}×{min_size})")
+        fix = "Leave the layer to the default (the deepest block output of at least 4×4), use"
+    else:
+        reason = (f"{model.backbone_name!r} at {pixels} input has no block output with a feature map of at "
+                  f"least {min_size}×{min_size} (layer {layer_name!r} is {_size_text(size)})")
+        fix = "Use"
+    return (f"Grad-CAM cannot localise here: {reason}, so the heatmap is nearly uniform. {fix} occlusion "
+            "sensitivity instead (kmedimg explain --method occlusion), or a larger image size.")
 
 
 class GradCam:
-    """Grad-CAM / Grad-CAM++ heatmaps for a Keras classifier.
+    """Grad-CAM / Grad-CAM++ heatmaps for an `ImageClassifier`.
 
     Args:
-        model: a model from `build_classifier` (or any Keras model, with `layer`).
-        layer: layer name or Layer whose activations are explained; the backbone's
-            registered `last_conv_layer` when None. Defaults to `None`.
+        model: an `ImageClassifier` (`kmedimg.models.build_classifier`); a
+            classifier saved by kmedimg 0.1.0 is converted
+            (`kmedimg.models.as_image_classifier`).
+        layer: name of the backbone layer to explain. Defaults to `None`
+            (`choose_layer`: the registry's `last_conv_layer`, or the deepest
+            block output with a map of at least 4x4).
         method: "gradcam" or "gradcam++". Defaults to `"gradcam"`.
-        task: "binary", "multiclass" or "multilabel"; inferred from the output layer
-            when None. Defaults to `None`.
+        task: the task of an old saved model, checked against the model's.
+            Defaults to `None` (the model's `task`).
+
+    Attributes:
+        layer_name: the explained layer; `feature_shape` its map's (h, w).
+        note: why another layer than the registry's is explained, else None.
+        warning: why the heatmaps cannot localise (map smaller than 4x4), else None.
 
     Example:
 
@@ -116,39 +135,46 @@ class GradCam:
     def __init__(self, model, layer=None, method="gradcam", task=None):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
-        self.model = model
-        self.layer = target_layer(model, layer)
+        self.model = as_classifier(model, task=task)
         self.method = method
-        self.task = task or infer_task(model)
-        self.input_spec = tuple(int(v) for v in model.inputs[0].shape[1:])
-        self._output_layer = output_activation_layer(model)
-        self._output_activation = getattr(self._output_layer, "activation", None)
-        self.geometry = feature_geometry(model, self.layer)
-        feature_shape = tuple(self.layer.output.shape[1:3])
-        if len(feature_shape) != 2 or None in feature_shape:
+        self.task = self.model.task
+        self.input_spec = tuple(int(v) for v in self.model.input_shape[1:])
+        if layer is None:
+            self.layer_name, self.note, self.warning = choose_layer(self.model)
+        else:
+            self.layer_name, self.note, self.warning = getattr(layer, "name", layer), None, None
+        self._features = self.model.gradcam_model(self.layer_name, output="logits")
+        target = self.model.backbone.get_layer(self.layer_name)
+        self.feature_shape = feature_size(target)
+        if self.feature_shape is None:
             raise ValueError(
-                f"Layer {self.layer.name!r} must output a fixed-size feature map [B, h, w, C]. "
-                f"Received: output shape={tuple(self.layer.output.shape)}"
+                f"Layer {self.layer_name!r} must output a fixed-size feature map [B, h, w, C]. "
+                f"Received: output shape={tuple(target.output.shape)}"
             )
+        if self.warning is None and min(self.feature_shape) < MIN_FEATURE_SIZE:
+            pixels = "×".join(map(str, self.input_spec[:2]))
+            self.warning = _too_small(self.model, self.layer_name, self.feature_shape, MIN_FEATURE_SIZE, pixels,
+                                      chosen=True)
+        if self.warning:
+            warnings.warn(self.warning, GradCamWarning, stacklevel=2)
+        self.geometry = feature_geometry(self.model.backbone, target)
         rows, cols = ((None, None), (None, None)) if self.geometry is None else self.geometry
-        self._resize_rows = tf.constant(interpolation_matrix(self.input_spec[0], feature_shape[0], *rows))
-        self._resize_cols = tf.constant(interpolation_matrix(self.input_spec[1], feature_shape[1], *cols))
+        self._resize_rows = tf.constant(interpolation_matrix(self.input_spec[0], self.feature_shape[0], *rows))
+        self._resize_cols = tf.constant(interpolation_matrix(self.input_spec[1], self.feature_shape[1], *cols))
         self._compute = tf.function(self._heatmaps, reduce_retracing=True)
+
+    def describe(self):
+        """JSON-able facts for a report: layer, feature map size, note, warning."""
+        return {"method": self.method, "layer": self.layer_name, "feature_map": list(self.feature_shape),
+                "note": self.note, "warning": self.warning}
 
     def _heatmaps(self, images, class_index):
         with tf.GradientTape() as tape:
-            with Capture(self.layer, tape) as capture, Logits(self._output_layer):
-                outputs = self.model(images, training=False)
-            if self._output_layer is not None:
-                probs = tf.cast(self._output_activation(outputs), tf.float32)
-            else:
-                probs = tf.cast(outputs, tf.float32)
+            activations, logits = self._features(images, training=False)
+            logits = tf.cast(logits, tf.float32)
+            probs = tf.cast(self.model.output_activation(logits), tf.float32)
             class_index = tf.where(class_index < 0, default_class(probs, self.task), class_index)
-            if self._output_layer is not None:
-                score = logit_score(outputs, self.task, class_index)
-            else:
-                score = class_score(probs, self.task, class_index)
-        activations = capture.output
+            score = logit_score(logits, self.task, class_index)
         grads = tf.cast(tape.gradient(score, activations), tf.float32)
         activations = tf.cast(activations, tf.float32)
         if self.method == "gradcam":
@@ -192,7 +218,6 @@ class GradCam:
         if return_details:
             return cam.numpy(), probs.numpy(), explained.numpy()
         return cam.numpy()
-
 
 
 def grad_cam(model, images, class_index=None, layer=None, task=None):

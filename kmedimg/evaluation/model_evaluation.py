@@ -13,27 +13,30 @@ from kmedimg.evaluation import evaluate_model
 
 val = load("/tmp/phantoms", "val", image_size=64, batch_size=64)
 test = load("/tmp/phantoms", "test", image_size=64, batch_size=64)
-result = evaluate_model(model, test, "binary", val_data=val, class_names=["normal", "opacity"])
+result = evaluate_model(model, test, val_data=val, class_names=["normal", "opacity"])
 result["metrics"]["roc_auc"]
 ```
 """
 
 from kmedimg.evaluation.metrics import evaluate, paired_difference
+from kmedimg.evaluation.model_file import as_classifier
 from kmedimg.evaluation.prediction import check_tta, predict_dataset
 from kmedimg.evaluation.thresholds import Threshold, threshold_from_validation
 
 
-def evaluate_model(model, data, task, *, val_data=None, split="test", val_split="val",
+def evaluate_model(model, data, task=None, *, val_data=None, split="test", val_split="val",
                    threshold=None, threshold_rule="youden", threshold_target=None,
                    class_names=None, n_bootstrap=1000, confidence=0.95, seed=0, tta="none",
                    return_predictions=False):
     """Metrics of `model` on one split, at an operating point chosen on validation.
 
     Args:
-        model: a trained Keras classifier (raw pixels in).
+        model: a trained `ImageClassifier` (raw pixels in); a classifier saved by
+            kmedimg 0.1.0 is converted (`kmedimg.models.as_image_classifier`).
         data: the evaluated split: finite `tf.data.Dataset` of `(images, labels)` or a
             tuple of arrays.
-        task: "binary", "multiclass" or "multilabel".
+        task: "binary", "multiclass" or "multilabel", checked against the model's.
+            Defaults to `None` (the model's `task`).
         val_data: the validation split, to choose the operating point on. When None
             and no `threshold` is given, binary/multilabel use the fixed 0.5 threshold
             (recorded as rule "fixed"). Defaults to `None`.
@@ -58,6 +61,8 @@ def evaluate_model(model, data, task, *, val_data=None, split="test", val_split=
         split name -> `Predictions`.
     """
     tta = check_tta(tta)
+    model = as_classifier(model, task=task)
+    task = model.task
     predictions = {}
     timing = {}
     if threshold is None and val_data is not None:

@@ -24,8 +24,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from kmedimg.data.manifest_files import as_manifest
+from kmedimg.data.pipeline import load
 from kmedimg.evaluation import inputs
-from kmedimg.evaluation.records import records_with_ids
 
 TTA_MODES = ("none", "hflip", "flips")
 
@@ -111,7 +112,7 @@ def predict_dataset(model, data, tta="none"):
         model: a Keras classifier taking raw pixels.
         data: a finite `tf.data.Dataset` of `(images, labels)` (from
             `kmedimg.data.pipeline.load(..., training=False)`) or of `(images, labels,
-            ids)` (from `kmedimg.evaluation.records.records_with_ids`), or a tuple of
+            ids)` (from `kmedimg.data.load(..., with_ids=True)`), or a tuple of
             arrays `(images, labels)`.
         tta: "none", "hflip" or "flips". Defaults to `"none"`.
 
@@ -152,6 +153,27 @@ def predict_dataset(model, data, tta="none"):
                        np.asarray(all_ids) if all_ids else None, seconds)
 
 
+def check_split(path_or_manifest, split, purpose="predict"):
+    """The dataset's `Manifest`, after checking that `split` holds records.
+
+    Args:
+        path_or_manifest: a dataset directory or its `Manifest`.
+        split: the split to read.
+        purpose: what the split is read for, named in the error. Defaults to `"predict"`.
+
+    Raises:
+        ValueError: naming the dataset, the splits that hold records and the split.
+    """
+    manifest = as_manifest(path_or_manifest)
+    if split not in manifest.splits or not manifest.splits[split].count:
+        held = {name: info.count for name, info in manifest.splits.items() if info.count}
+        raise ValueError(
+            f"Dataset {manifest.directory} has no records in split {split!r} to {purpose}; "
+            f"the splits with records are {held}: pass one of them. Received: split={split!r}"
+        )
+    return manifest
+
+
 def predict_records(model, data_dir, split, batch_size=64, tta="none"):
     """Predicts one TFRecord split: `(ids, labels, probs)` numpy arrays in record order.
 
@@ -163,11 +185,11 @@ def predict_records(model, data_dir, split, batch_size=64, tta="none"):
         batch_size: images per batch. Defaults to `64`.
         tta: "none", "hflip" or "flips". Defaults to `"none"`.
     """
+    manifest = check_split(data_dir, split)
     height, width, channels = inputs.model_input_spec(model)
-    result = predict_dataset(model, records_with_ids(data_dir, split, (height, width), channels,
-                                                     batch_size), tta)
-    if result.ids is None:
-        raise ValueError(f"Split {split!r} of {data_dir} holds no records. Received: 0 records")
+    records = load(manifest, split, image_size=(height, width), channels=channels,
+                   batch_size=batch_size, with_ids=True)
+    result = predict_dataset(model, records, tta)
     return result.ids, result.labels, result.probs
 
 

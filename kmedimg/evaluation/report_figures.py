@@ -7,7 +7,7 @@ import html
 import numpy as np
 
 from kmedimg.evaluation.curves import curve_band, roc_curve
-from kmedimg.evaluation.overlay import display_range
+from kmedimg.evaluation.overlay import HEATMAP_COLORMAP, heatmap_scale, show_heatmap
 from kmedimg.evaluation.report_html import METRIC_LABELS, embed, interval, new_figure, table
 
 
@@ -198,11 +198,16 @@ def calibration_section(evaluation, predictions):
 
 
 def gradcam_section(cases, evaluation):
+    """Grad-CAM of correct and wrong cases, with a colour bar, the layer explained and,
+    when Grad-CAM cannot localise (`evaluation["grad_cam"]["warning"]`), why not."""
+    facts = evaluation.get("grad_cam") or {}
     names = evaluation["class_names"]
     explained = (f"the positive class ({names[1]}): where the evidence for it lies, also in "
                  "cases called negative" if evaluation["task"] == "binary"
                  else "the predicted class" if evaluation["task"] == "multiclass"
                  else "the most probable label")
+    if facts.get("warning"):
+        return f'<p class="note"><strong>No Grad-CAM:</strong> {html.escape(facts["warning"])}</p>'
     if not cases:
         return '<p class="note">No Grad-CAM cases (pass the model and data to the report).</p>'
     groups = {}
@@ -210,28 +215,32 @@ def gradcam_section(cases, evaluation):
         groups.setdefault(case["group"], []).append(case)
     text = ""
     for group, members in groups.items():
-        columns = min(4, len(members))
-        rows = -(-len(members) // columns)
-        figure = new_figure(2.4 * columns, 2.55 * rows)
-        axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-        for axis, case in zip(axes, members):
-            image = np.asarray(case["image"], np.float32)
-            image = image[..., 0] if image.shape[-1] == 1 else image
-            low, high = display_range(image)
-            if image.ndim == 2:
-                axis.imshow(image, cmap="gray", vmin=low, vmax=high)
-            else:
-                axis.imshow(np.clip((image - low) / (high - low), 0, 1))
-            heat = np.clip(case["heatmap"], 0, 1)
-            axis.imshow(heat, cmap="jet", alpha=0.6 * heat, vmin=0, vmax=1)
-            axis.set_title(case["caption"], fontsize=7.5)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        for axis in axes[len(members):]:
-            axis.axis("off")
-        text += f"<h3>{html.escape(group)}</h3>" + embed(figure, None, group)
-    text += ('<p class="note">Heatmap: Grad-CAM from the backbone\'s last convolutional layer '
-             f"(from the registry) of {html.escape(explained)}, over the input shown in its stored "
-             "intensities (0.5–99.5th percentile window). Wrong cases are the most confident "
-             "errors.</p>")
+        text += f"<h3>{html.escape(group)}</h3>" + embed(_case_grid(members), None, group)
+    layer = (f"layer {facts['layer']} ({'×'.join(map(str, facts['feature_map']))} map)"
+             if facts.get("layer") else "the backbone's last convolutional layer (from the registry)")
+    text += (f'<p class="note">Heatmap: Grad-CAM from {html.escape(layer)} of {html.escape(explained)}, '
+             "over the input shown in its stored intensities (0.5–99.5th percentile window); "
+             f"colour scale {HEATMAP_COLORMAP} (perceptually uniform), each map relative to its peak, "
+             "more opaque where higher. Wrong cases are the most confident errors.</p>")
+    if facts.get("note"):
+        text += f'<p class="note">{html.escape(facts["note"])}</p>'
     return text
+
+
+def _case_grid(members):
+    """A figure of up to 4 cases a row, each heatmap over its image, and one colour bar."""
+    columns = min(4, len(members))
+    rows = -(-len(members) // columns)
+    figure = new_figure(2.4 * columns + 0.7, 2.55 * rows)
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    heat = None
+    for axis, case in zip(axes, members):
+        heat = show_heatmap(axis, case["image"], case["heatmap"])
+        axis.set_title(case["caption"], fontsize=7.5)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in axes[len(members):]:
+        axis.axis("off")
+    figure.colorbar(heatmap_scale(heat), ax=list(axes), fraction=0.03, pad=0.02,
+                    label="Grad-CAM (of each map's peak)")
+    return figure

@@ -1,9 +1,8 @@
-"""The class score an explanation differentiates: the logit, or the log-odds of a probability.
+"""The class score an explanation differentiates: the logit of the class.
 
-Grad-CAM and occlusion explain the output layer's pre-activation score of a class,
-as in the Grad-CAM paper: a confident model's probability is saturated and has no
-gradient. Models whose output layer is not a sigmoid/softmax Dense are explained
-through the log-odds of their probabilities.
+Grad-CAM and occlusion explain the output layer's pre-activation score of a class
+(`ImageClassifier.logits_model` / `gradcam_model`), as in the Grad-CAM paper: a
+confident model's probability is saturated and has no gradient.
 """
 
 import tensorflow as tf
@@ -17,18 +16,6 @@ def logit_score(logits, task, class_index):
     if task == "binary":
         return tf.where(tf.equal(class_index, 1), logits[:, 0], -logits[:, 0])
     return tf.gather(logits, class_index, axis=1, batch_dims=1)
-
-
-def class_score(probs, task, class_index):
-    """Log-odds (binary, multilabel) or log-probability (multiclass) of `class_index` [B]."""
-    probs = tf.cast(probs, tf.float32)
-    if task == "binary":
-        logit = tf.math.log(probs[:, 0] + EPSILON) - tf.math.log(1 - probs[:, 0] + EPSILON)
-        return tf.where(tf.equal(class_index, 1), logit, -logit)
-    chosen = tf.gather(probs, class_index, axis=1, batch_dims=1)
-    if task == "multiclass":
-        return tf.math.log(chosen + EPSILON)
-    return tf.math.log(chosen + EPSILON) - tf.math.log(1 - chosen + EPSILON)
 
 
 def default_class(probs, task):

@@ -21,16 +21,17 @@ written["evaluation"]["metrics"]["roc_auc"]
 """
 
 import time
+import warnings
 
 import numpy as np
 
 from kmedimg.core.run_directory import RunDirectory
-from kmedimg.evaluation.gradcam import GradCam
+from kmedimg.data.pipeline import load
+from kmedimg.evaluation.gradcam import GradCam, GradCamWarning
 from kmedimg.evaluation.inputs import model_input_spec
-from kmedimg.evaluation.introspection import backbone_names
 from kmedimg.evaluation.model_evaluation import evaluate_model
+from kmedimg.evaluation.prediction import check_split
 from kmedimg.evaluation.predictions_csv import predictions_csv
-from kmedimg.evaluation.records import records_with_ids
 from kmedimg.evaluation.report import build_report, select_cases
 from kmedimg.runs.inference import load_model_for_inference
 
@@ -47,13 +48,8 @@ def _check_splits(info, split, val_split, run_dir):
             f"The operating point is chosen on {val_split!r}; evaluate another split (e.g. test). "
             f"Received: split={split!r}"
         )
-    manifest = info["manifest"]
-    for name in (split, val_split):
-        if name not in manifest.splits or not manifest.splits[name].count:
-            raise ValueError(
-                f"Dataset {info['data']} has no records in split {name!r}; splits: "
-                f"{ {k: v.count for k, v in manifest.splits.items()} }. Received: split={name!r}"
-            )
+    check_split(info["manifest"], val_split, "choose the operating point on")
+    check_split(info["manifest"], split, "evaluate")
 
 
 def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n_bootstrap=None,
@@ -101,7 +97,8 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
     height, width, channels = model_input_spec(model)
 
     def records(name):
-        return records_with_ids(info["manifest"], name, (height, width), channels, batch_size)
+        return load(info["manifest"], name, image_size=(height, width), channels=channels,
+                    batch_size=batch_size, with_ids=True)
 
     result, predictions = evaluate_model(
         model, records(split), info["task"], val_data=records(val_split), split=split,
@@ -111,6 +108,13 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
         return_predictions=True)
     result["data"] = str(info["data"])
     result["model"] = info["model_path"]
+    explainer = None
+    if report:
+        with warnings.catch_warnings():
+            # The warning is kept in the result, shown in the report and by the CLI.
+            warnings.simplefilter("ignore", GradCamWarning)
+            explainer = GradCam(model)
+        result["grad_cam"] = explainer.describe()
     run.makedirs(RunDirectory.EVALUATION)
     written = {}
     metrics_name = RunDirectory.EVALUATION_METRICS.format(split=split)
@@ -125,8 +129,8 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
             result["threshold"], predictions[name].labels, id_column="id"))
         written[f"predictions_{name}"] = run.file(csv_name)
     if report:
-        cases, cam_seconds = _gradcam_cases(model, records(split), predictions[split], result,
-                                            info, cam_per_group)
+        cases, cam_seconds = _gradcam_cases(explainer, records(split), predictions[split], result,
+                                            cam_per_group)
         info["timing"] = dict(info.get("timing") or {})
         if cam_seconds is not None:
             info["timing"]["grad_cam_seconds"] = cam_seconds
@@ -140,13 +144,11 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
 
 
 def _model_summary(model, info):
-    backbone = (info.get("config") or {}).get("model", {}).get("backbone") or ", ".join(
-        backbone_names(model)) or "–"
     return {
         "model file": info["model_path"],
-        "backbone": backbone,
-        "input": "×".join(str(v) for v in model.inputs[0].shape[1:]) + " raw pixels",
-        "outputs": f"{int(model.outputs[0].shape[-1])} ({info['task']})",
+        "backbone": model.backbone_name,
+        "input": "×".join(str(v) for v in model.input_shape[1:]) + f" raw {model.input_dtype} pixels",
+        "outputs": f"{model.num_classes} ({model.task})",
         "parameters": f"{model.count_params():,}",
     }
 
@@ -165,15 +167,15 @@ def _gather_images(records, wanted):
     return images
 
 
-def _gradcam_cases(model, records, predictions, result, info, per_group):
-    """Grad-CAM overlays of correct and wrong cases for the report ([], None if impossible)."""
+def _gradcam_cases(explainer, records, predictions, result, per_group):
+    """Grad-CAM overlays of correct and wrong cases for the report.
+
+    Returns `([], None)` when there are no cases, or when Grad-CAM cannot localise
+    (`explainer.warning`; the report shows the warning instead of uniform maps).
+    """
     groups = select_cases(predictions, result, per_group)
     wanted = sorted({index for indices in groups.values() for index in indices})
-    if not wanted:
-        return [], None
-    try:
-        explainer = GradCam(model, task=info["task"])
-    except ValueError:
+    if not wanted or explainer.warning:
         return [], None
     images = _gather_images(records, wanted)
     start = time.perf_counter()

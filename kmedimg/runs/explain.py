@@ -20,7 +20,6 @@ import tensorflow as tf
 from kmedimg.core.run_directory import join
 from kmedimg.evaluation import inputs
 from kmedimg.evaluation.gradcam import METHODS, GradCam
-from kmedimg.evaluation.introspection import infer_task
 from kmedimg.evaluation.occlusion import occlusion_sensitivity
 from kmedimg.evaluation.overlay import save_overlay
 from kmedimg.runs.inference import load_model_for_inference
@@ -45,8 +44,13 @@ def explain_run(path, images, out_dir, method="gradcam", class_index=None, layer
         method: "gradcam", "gradcam++" or "occlusion". Defaults to `"gradcam"`.
         class_index: class to explain (binary: 1 positive, 0 negative).
             Defaults to `None` (the predicted class; binary: positive).
-        layer: layer to explain instead of the backbone's registered last conv layer.
-            Defaults to `None`.
+        layer: backbone layer to explain. Defaults to `None` (the registry's last
+            conv layer, or the deepest block output with a map of at least 4x4;
+            `kmedimg.evaluation.gradcam.choose_layer`).
+
+    Warns:
+        GradCamWarning: when Grad-CAM cannot localise (every feature map smaller
+            than 4x4 at the model's input size); it suggests occlusion.
     """
     if method not in EXPLAIN_METHODS:
         raise ValueError(f"`method` must be one of {EXPLAIN_METHODS}. Received: method={method!r}")
@@ -56,14 +60,17 @@ def explain_run(path, images, out_dir, method="gradcam", class_index=None, layer
     out_dir = os.fspath(out_dir)
     tf.io.gfile.makedirs(out_dir)
     class_names = info.get("class_names")
-    task = info.get("task") or infer_task(model)
-    explainer = None if method == "occlusion" else GradCam(model, layer, method, task)
+    task = model.task
+    explainer = None if method == "occlusion" else GradCam(model, layer, method)
+    label = _LABELS[method]
+    if explainer is not None:
+        label += f" · {explainer.layer_name} ({'×'.join(map(str, explainer.feature_shape))})"
     written = []
     for file in files:
         pixels = inputs.read_pixels(file, dtype=info.get("dtype", "auto"), dicom=info.get("dicom"))
         image = inputs.fit_to_model(pixels, spec)[np.newaxis]
         if explainer is None:
-            heatmap = occlusion_sensitivity(model, image, class_index, task=task)[0]
+            heatmap = occlusion_sensitivity(model, image, class_index)[0]
             probs = model.predict_on_batch(image)
             explained = class_index if class_index is not None else (
                 1 if task == "binary" else int(np.argmax(probs[0])))
@@ -77,6 +84,6 @@ def explain_run(path, images, out_dir, method="gradcam", class_index=None, layer
         base = posixpath.basename(file) if "://" in file else os.path.basename(file)
         out = join(out_dir, f"{os.path.splitext(base)[0]}.{method.replace('+', 'p')}.png")
         save_overlay(out, image[0], heatmap, title=f"{base}: {name} p={score:.3f}",
-                     heatmap_label=_LABELS[method])
+                     heatmap_label=label)
         written.append(out)
     return written

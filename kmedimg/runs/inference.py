@@ -20,8 +20,8 @@ import os
 import tensorflow as tf
 
 from kmedimg.core.run_directory import RunDirectory
+from kmedimg.core.vocabulary import PIXEL_DTYPES
 from kmedimg.data.pipeline import read_manifest
-from kmedimg.evaluation.introspection import infer_task, model_input_dtype
 from kmedimg.evaluation.model_file import load_keras_model
 
 
@@ -80,13 +80,16 @@ def load_model_for_inference(path, data=None):
             `config.yaml` `data.path`. Defaults to `None`.
 
     Returns:
-        `(model, info)`; `info` has `task`, `class_names`, `dtype` (of the pixels the
-        model expects), `run_dir`, `model_path`, `config`, `threshold` (a dict, when
-        the run was evaluated), `data` and `manifest` when the dataset is reachable,
-        else `data_missing`.
+        `(model, info)`: the model as an `ImageClassifier` (one saved by kmedimg
+        0.1.0 is converted with the run's task and pixel type); `info` has `task`,
+        `class_names`, `dtype` (of the pixels the model expects), `run_dir`,
+        `model_path`, `config`, `threshold` (a dict, when the run was evaluated),
+        `data` and `manifest` when the dataset is reachable, else `data_missing`.
 
     Raises:
         FileNotFoundError: when there is no model at `path`.
+        ValueError: when the file holds no kmedimg classifier, or its task or
+            outputs do not match the dataset's.
     """
     path = os.fspath(path)
     run = RunDirectory(path) if tf.io.gfile.isdir(path) else None
@@ -98,7 +101,6 @@ def load_model_for_inference(path, data=None):
         )
     if not model_path.endswith(".keras"):
         raise ValueError(f"Expected a .keras model file. Received: path={model_path!r}")
-    model = load_keras_model(model_path)
     info = {"run_dir": run.path if run else None, "model_path": model_path, "config": {}}
     if run:
         info.update(_run_facts(run))
@@ -109,15 +111,17 @@ def load_model_for_inference(path, data=None):
             info.update(describe_dataset(data))
         except FileNotFoundError:
             info["data_missing"] = str(data)
-    info.setdefault("task", infer_task(model))
+    # The task and pixel type of the run convert a model saved by kmedimg 0.1.0.
+    input_dtype = (info["config"].get("model") or {}).get("input_dtype")
+    model = load_keras_model(model_path, task=info.get("task"),
+                             input_dtype=input_dtype if input_dtype in PIXEL_DTYPES else None)
+    info.setdefault("task", model.task)
     info.setdefault("class_names", None)
-    if "dtype" not in info:
-        info["dtype"] = model_input_dtype(model)
-    outputs = int(model.outputs[0].shape[-1])
-    expected = 2 if info["task"] == "binary" else outputs
+    info.setdefault("dtype", model.input_dtype if model.input_dtype in PIXEL_DTYPES else "auto")
+    expected = 2 if info["task"] == "binary" else model.num_classes
     if info["class_names"] is not None and len(info["class_names"]) != expected:
         raise ValueError(
-            f"The model has {outputs} output(s) but the dataset lists {len(info['class_names'])} "
+            f"The model has {model.num_classes} output(s) but the dataset lists {len(info['class_names'])} "
             f"classes ({info['class_names']}). Received: data={info.get('data')!r}"
         )
     return model, info

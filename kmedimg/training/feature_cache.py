@@ -11,6 +11,7 @@ from kmedimg.training.stages import sample_weight_fn
 # a backbone containing one cannot have its features cached.
 _RANDOM_LAYER_HINTS = ("Dropout", "Noise", "Random", "Augmentation")
 
+
 def _random_layers(layers):
     found = []
     for layer in layers:
@@ -22,29 +23,29 @@ def _random_layers(layers):
 
 
 def split_at_head(model):
-    """Splits a classifier into `(feature_model, head_model)` sharing its layers.
+    """Splits an `ImageClassifier` into `(feature_model, head_model)` sharing its layers.
 
-    The feature model maps the raw input to the output of the last backbone block;
-    the head model maps those features to the prediction. Training the head model
-    trains the classifier's head.
+    The feature model maps the raw input through the `preprocessor` and the
+    `backbone` to the backbone's feature map; the head model maps those features
+    through the `pooler`, `hidden_dense`, `dropout`, `output_dense` and
+    `output_activation` to the prediction. Training the head model trains the
+    classifier's head.
+
+    Raises:
+        ValueError: when `model` is not an `ImageClassifier`.
     """
-    backbone = models.get_backbone_model(model)
-    if backbone is model or backbone not in model.layers:
+    if not isinstance(model, models.ImageClassifier):
         raise ValueError(
-            f"Cannot find the head of model {model.name!r}: expected a classifier from "
-            "kmedimg.models.build_classifier with a nested backbone."
+            "Cannot find the head of the model: expected an ImageClassifier from "
+            f"kmedimg.models.build_classifier. Received: model={getattr(model, 'name', model)!r}"
         )
-    # The classifier is a chain; replaying it up to the backbone gives the features
-    # in the outer graph (a nested model's own `.output` is not connected to it).
-    position = model.layers.index(backbone)
-    tensor = model.inputs[0]
-    for layer in model.layers[1:position + 1]:
-        tensor = layer(tensor)
-    feature_model = keras.Model(model.inputs, tensor, name=f"{model.name}_features")
-    head_input = keras.Input(tuple(tensor.shape[1:]), dtype=tensor.dtype)
-    tensor = head_input
-    for layer in model.layers[position + 1:]:
-        tensor = layer(tensor)
+    features = model.backbone(model.preprocessor(model.inputs[0]))
+    feature_model = keras.Model(model.inputs, features, name=f"{model.name}_features")
+    head_input = keras.Input(tuple(features.shape[1:]), dtype=features.dtype)
+    tensor = model.pooler(head_input)
+    if model.hidden_dense is not None:
+        tensor = model.hidden_dense(tensor)
+    tensor = model.output_activation(model.output_dense(model.dropout(tensor)))
     head_model = keras.Model(head_input, tensor, name=f"{model.name}_head")
     return feature_model, head_model
 
@@ -68,7 +69,7 @@ def feature_cache_plan(model, stage):
         feature_model, head_model = split_at_head(model)
     except ValueError as error:
         return None, str(error)
-    random_layers = _random_layers(feature_model.layers)
+    random_layers = _random_layers([model.preprocessor, model.backbone])
     if random_layers:
         names = sorted({layer.name for layer in random_layers})
         return None, (
