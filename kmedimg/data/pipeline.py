@@ -23,6 +23,7 @@ live in `kmedimg.data.manifest_files` and are re-exported here.
 
 import dataclasses
 import logging
+import re
 import warnings
 
 import tensorflow as tf
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 _SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
 _DEFAULT_SHUFFLE_RECORDS = 2048
 
-__all__ = ["load", "make_dataset_fn", "read_manifest", "sharding_mode", "verify"]
+__all__ = ["load", "make_dataset_fn", "read_error", "read_manifest", "sharding_mode",
+           "verify"]
 
 
 def _normalize_size(image_size, manifest):
@@ -66,6 +68,39 @@ def _normalize_size(image_size, manifest):
     )
 
 
+_CORRUPT_MARK = "kmedimg: the dataset is corrupt: shard "
+_CORRUPT_MESSAGE = re.compile(re.escape(_CORRUPT_MARK) + r"[^\]\n]*")
+
+
+def read_error(error):
+    """The one-line `ValueError` for a corrupt shard met while reading, or `None`.
+
+    `load` names a shard that holds fewer valid records than the manifest lists (a
+    flipped byte, a truncated file) in a TensorFlow error raised inside the
+    pipeline, which reaches the caller as a `tf.errors.OpError` (from `fit`,
+    `predict`, iteration). Callers turn it into a plain message:
+
+    ```python
+    try:
+        model.fit(load(path, "train", training=True), ...)
+    except tf.errors.OpError as error:
+        raise read_error(error) or error
+    ```
+
+    Args:
+        error: any exception.
+
+    Returns:
+        A `ValueError` naming the shard, or `None` when `error` is something else.
+    """
+    if not isinstance(error, tf.errors.OpError):
+        return None
+    found = _CORRUPT_MESSAGE.search(error.message or "")
+    if not found:
+        return None
+    return ValueError(found.group(0)[len("kmedimg: "):].strip())
+
+
 def _checked_records(path, expected, compression):
     """The records of one shard file as `(index, record)`, failing with the file's name
     when the file holds fewer valid records than the manifest lists.
@@ -80,12 +115,14 @@ def _checked_records(path, expected, compression):
     """
 
     def fail(sentinel_path):
+        message = tf.strings.join([
+            _CORRUPT_MARK, sentinel_path, " holds fewer valid records than the ",
+            tf.strings.as_string(expected), " the manifest lists (a damaged or truncated "
+            "file). `kmedimg inspect --verify` on the dataset directory checks every "
+            "shard; restore the file or re-run `kmedimg convert`."])
         check = tf.debugging.Assert(
             tf.equal(tf.strings.length(sentinel_path), -1),  # always false, at run time
-            ["kmedimg: shard", sentinel_path, "is corrupt or truncated: it holds fewer "
-             "valid records than the", expected, "the manifest lists "
-             "(kmedimg.data.pipeline.verify checks every shard's sha256)"],
-            summarize=1,
+            [message], summarize=1,
         )
         with tf.control_dependencies([check]):
             return tf.identity(sentinel_path)
