@@ -117,8 +117,8 @@ def _checked_records(path, expected, compression):
     def fail(sentinel_path):
         message = tf.strings.join([
             _CORRUPT_MARK, sentinel_path, " holds fewer valid records than the ",
-            tf.strings.as_string(expected), " the manifest lists (a damaged or truncated "
-            "file). `kmedimg inspect --verify` on the dataset directory checks every "
+            tf.strings.as_string(expected), " the manifest lists (corrupt or truncated). "
+            "`kmedimg inspect --verify` on the dataset directory checks every "
             "shard; restore the file or re-run `kmedimg convert`."])
         check = tf.debugging.Assert(
             tf.equal(tf.strings.length(sentinel_path), -1),  # always false, at run time
