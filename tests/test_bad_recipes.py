@@ -6,6 +6,8 @@ random mutations of a valid recipe (Hypothesis): loading either succeeds or rais
 `ValueError` naming the file, never another exception.
 """
 
+import dataclasses
+import inspect
 import os
 import pathlib
 import subprocess
@@ -18,6 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmedimg.config import load_config
+from kmedimg.config.sections import AugmentationConfig
+from kmedimg.layers.medical_augmentation import MedicalAugmentation
+from kmedimg.recipes import Stage
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -182,6 +187,25 @@ def test_good_edge_values_load(tmp_path):
     config = load_config(_write(tmp_path, text))
     assert config.training.seed == 4294967295
     assert config.data.load_options["cache"] == "/tmp/cache"
+
+
+def test_augmentation_settings_match_the_layer():
+    parameters = inspect.signature(MedicalAugmentation.__init__).parameters
+    layer = {name: parameter.default for name, parameter in parameters.items()
+             if name not in ("self", "kwargs")}
+    settings_ = {item.name: (item.default_factory() if item.default is dataclasses.MISSING
+                             else item.default)
+                 for item in dataclasses.fields(AugmentationConfig)}
+    assert settings_ == {name: list(value) if isinstance(value, tuple) else value
+                         for name, value in layer.items()}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_stage_refuses_non_finite_rates_from_python(value):
+    with pytest.raises(ValueError, match="finite"):
+        Stage("finetune", epochs=2, learning_rate=value)
+    with pytest.raises(ValueError, match="finite"):
+        Stage("finetune", epochs=2, learning_rate=1e-3, block_lr_decay=value)
 
 
 def test_override_with_nan_is_refused(tmp_path):

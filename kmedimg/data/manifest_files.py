@@ -8,12 +8,46 @@ dataset's content, so a run can refuse to resume on a re-converted dataset.
 """
 
 import concurrent.futures
+import re
 
 import tensorflow as tf
 
 from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.paths import sha256_of
+
+#: How `load` starts the error it raises for a shard with too few valid records.
+CORRUPT_SHARD_MARK = "kmedimg: the dataset is corrupt: shard "
+_CORRUPT_SHARD_MESSAGE = re.compile(re.escape(CORRUPT_SHARD_MARK) + r"[^\]\n]*")
+
+
+def read_error(error):
+    """The one-line `ValueError` for a corrupt shard met while reading, or `None`.
+
+    `load` names a shard that holds fewer valid records than the manifest lists (a
+    flipped byte, a truncated file) in a TensorFlow error raised inside the
+    pipeline, which reaches the caller as a `tf.errors.OpError` (from `fit`,
+    `predict`, iteration). Callers turn it into a plain message:
+
+    ```python
+    try:
+        model.fit(load(path, "train", training=True), ...)
+    except tf.errors.OpError as error:
+        raise read_error(error) or error
+    ```
+
+    Args:
+        error: any exception.
+
+    Returns:
+        A `ValueError` naming the shard, or `None` when `error` is something else.
+    """
+    if not isinstance(error, tf.errors.OpError):
+        return None
+    found = _CORRUPT_SHARD_MESSAGE.search(error.message or "")
+    if not found:
+        return None
+    return ValueError(found.group(0)[len("kmedimg: "):].strip())
 
 
 def read_manifest(path):

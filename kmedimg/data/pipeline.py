@@ -18,12 +18,12 @@ parse, then prefetch):
 
 The vectorised path (batch first, then decode the whole batch) is what makes raw
 storage several times faster than decoding image files. `read_manifest` and `verify`
-live in `kmedimg.data.manifest_files` and are re-exported here.
+live in `kmedimg.data.manifest_files` and are re-exported here, with `read_error`
+(a corrupt shard met while reading, as a one-line `ValueError`).
 """
 
 import dataclasses
 import logging
-import re
 import warnings
 
 import tensorflow as tf
@@ -32,8 +32,10 @@ from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.decoder import RecordDecoder
 from kmedimg.data.manifest_files import (
+    CORRUPT_SHARD_MARK,
     as_manifest,
     check_shard_sizes,
+    read_error,
     read_manifest,
     split_info,
     verify,
@@ -68,39 +70,6 @@ def _normalize_size(image_size, manifest):
     )
 
 
-_CORRUPT_MARK = "kmedimg: the dataset is corrupt: shard "
-_CORRUPT_MESSAGE = re.compile(re.escape(_CORRUPT_MARK) + r"[^\]\n]*")
-
-
-def read_error(error):
-    """The one-line `ValueError` for a corrupt shard met while reading, or `None`.
-
-    `load` names a shard that holds fewer valid records than the manifest lists (a
-    flipped byte, a truncated file) in a TensorFlow error raised inside the
-    pipeline, which reaches the caller as a `tf.errors.OpError` (from `fit`,
-    `predict`, iteration). Callers turn it into a plain message:
-
-    ```python
-    try:
-        model.fit(load(path, "train", training=True), ...)
-    except tf.errors.OpError as error:
-        raise read_error(error) or error
-    ```
-
-    Args:
-        error: any exception.
-
-    Returns:
-        A `ValueError` naming the shard, or `None` when `error` is something else.
-    """
-    if not isinstance(error, tf.errors.OpError):
-        return None
-    found = _CORRUPT_MESSAGE.search(error.message or "")
-    if not found:
-        return None
-    return ValueError(found.group(0)[len("kmedimg: "):].strip())
-
-
 def _checked_records(path, expected, compression):
     """The records of one shard file as `(index, record)`, failing with the file's name
     when the file holds fewer valid records than the manifest lists.
@@ -116,7 +85,7 @@ def _checked_records(path, expected, compression):
 
     def fail(sentinel_path):
         message = tf.strings.join([
-            _CORRUPT_MARK, sentinel_path, " holds fewer valid records than the ",
+            CORRUPT_SHARD_MARK, sentinel_path, " holds fewer valid records than the ",
             tf.strings.as_string(expected), " the manifest lists (corrupt or truncated). "
             "`kmedimg inspect --verify` on the dataset directory checks every "
             "shard; restore the file or re-run `kmedimg convert`."])
