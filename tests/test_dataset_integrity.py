@@ -207,3 +207,20 @@ def test_mutated_manifests_load_or_name_the_file(dataset_dir, tmp_path_factory, 
         read_manifest(directory)
     except ValueError as error:
         assert str(directory / schema.MANIFEST_NAME) in str(error), str(error)
+
+
+@pytest.mark.parametrize("field, value, name", [
+    ("height", float("nan"), "`height`"),
+    ("class_names", ["neg", "neg"], "`class_names`"),
+    ("records", "12", "`splits.train.shards[0].records`"),
+])
+def test_malformed_numbers_and_names_are_refused(copy, field, value, name):
+    raw = _manifest(copy)
+    if field == "records":
+        raw["splits"]["train"]["shards"][0]["records"] = value
+    else:
+        raw[field] = value
+    _write_manifest(copy, raw, reseal=True)
+    with pytest.raises(ValueError) as info:
+        read_manifest(copy)
+    assert name in str(info.value) and str(copy / schema.MANIFEST_NAME) in str(info.value)

@@ -233,6 +233,7 @@ class Manifest:
                 )
         if not self.class_names:
             raise ValueError(f"{where}: field `class_names` is empty.")
+        _check_numbers(self, where)
         for name, split in self.splits.items():
             for index, shard in enumerate(split.shards):
                 check_shard_path(shard.path, where, f"splits.{name}.shards[{index}].path")
@@ -285,6 +286,29 @@ class Manifest:
         except (TypeError, AttributeError) as error:
             raise ValueError(f"{where}: missing or malformed fields ({error}).") from error
         return manifest
+
+
+def _is_count(value, minimum=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_numbers(manifest, where):
+    """Sizes and counts are ints (a NaN height or a string count is refused here)."""
+    fields = [("height", manifest.height, 1), ("width", manifest.width, 1)]
+    for name, split in manifest.splits.items():
+        fields.append((f"splits.{name}.count", split.count, 0))
+        for index, shard in enumerate(split.shards):
+            fields += [(f"splits.{name}.shards[{index}].records", shard.records, 0),
+                       (f"splits.{name}.shards[{index}].bytes", shard.bytes, 0)]
+    for name, value, minimum in fields:
+        if value is not None and not _is_count(value, minimum):
+            raise ValueError(f"{where}: field `{name}` must be an int >= {minimum}"
+                             f"{' or null' if minimum else ''}. Received: {name}={value!r}")
+    names = manifest.class_names
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) or len(
+            set(names)) != len(names):
+        raise ValueError(f"{where}: field `class_names` must be a list of distinct, "
+                         f"non-empty names. Received: class_names={names!r}")
 
 
 def manifest_checksum(manifest):
