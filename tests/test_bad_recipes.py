@@ -283,8 +283,8 @@ def _mutated_by_text(draw):
     return text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(_mutated_by_value(), _mutated_by_text()))
 def test_mutated_recipes_load_or_name_the_file(tmp_path, text):
     path = _write(tmp_path, text)

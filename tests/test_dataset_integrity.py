@@ -186,7 +186,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_manifests_load_or_name_the_file(dataset_dir, tmp_path_factory, data):
