@@ -18,7 +18,7 @@ from kmedimg.data import schema
 from kmedimg.data.manifest_files import manifest_fingerprint, read_manifest, verify
 from kmedimg.data.pipeline import load, read_error
 from kmedimg.data.writer import write_dataset
-from tests.helpers import ListSource, binary_items
+from helpers import ListSource, binary_items
 
 
 @pytest.fixture(scope="module")
