@@ -76,9 +76,9 @@ class _GraphCheck:
             if identity in seen:
                 name = f"{path}.{key_node.value}" if path else key_node.value
                 raise ValueError(
-                    f"{self.where}: duplicate key `{name}` (lines {seen[identity]} and "
-                    f"{_line(key_node)}); YAML would silently keep only the last one. "
-                    f"Remove one of them. Received: {name}={key_node.value!r} twice"
+                    f"{self.where}: duplicate key `{name}`; YAML would silently keep only "
+                    f"the last one. Remove one of them. Received: `{key_node.value}` on "
+                    f"lines {seen[identity]} and {_line(key_node)}"
                 )
             seen[identity] = _line(key_node)
 
