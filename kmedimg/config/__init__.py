@@ -16,14 +16,17 @@ The `recipe` section is `name` plus the keyword arguments of that recipe's facto
 The `tune` section is the Keras Tuner search (`kmedimg.config.tune`), checked even
 when Keras Tuner is not installed.
 
-Loading is strict and happens once, at the edge: unknown keys, wrong types and values
-outside a fixed set are `ValueError`s naming the key, the file and the allowed values.
+Loading is strict and happens once, at the edge: unknown or duplicate keys, wrong
+types, NaN or infinite numbers and values outside a fixed set are `ValueError`s naming
+the key, the file and the allowed values.
 `load_config(path, overrides=["training.seed=3"])` applies `--set`-style overrides
 (values parsed as YAML scalars) with the same checks.
 
 Modules: `sections` (one dataclass per section), `recipe_config` (`RecipeConfig`),
 `tune` (`TuneSettings`, `SearchSpace`, ranges), `loading` (`load_config`,
-`config_from_dict`, `save_config`, `read_yaml`), `overrides` (`--set`).
+`config_from_dict`, `save_config`, `read_yaml`), `strict_yaml` (no duplicate keys, no
+alias bombs), `checks` (NaN/inf, backbone, augmentation, load options), `overrides`
+(`--set`).
 """
 
 from kmedimg.config.loading import config_from_dict, load_config, read_yaml, save_config

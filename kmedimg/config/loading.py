@@ -3,21 +3,25 @@
 Loading is strict and happens once, at the edge: unknown keys, wrong types and values
 outside a field's choices or range are `ValueError`s naming the file, the key and the
 allowed values (`kmedimg.core.validation`); the `recipe:` section is checked against
-the recipe's factory and the `tune:` section against `TuneSettings`.
+the recipe's factory and the `tune:` section against `TuneSettings`. The YAML itself
+is read strictly (`strict_yaml`: no duplicate keys, no alias bombs), NaN and infinite
+numbers are refused anywhere, and the rules a field type cannot say (backbone,
+augmentation, load options, ...) are checked by `checks.check_config`, so a bad recipe
+fails here, naming the file and the key, before any run directory or data is touched.
 """
 
 import dataclasses
 import os
 import typing
 
-import yaml
-
+from kmedimg.config.checks import check_config, check_finite
 from kmedimg.config.overrides import apply_overrides
 from kmedimg.config.recipe_config import RecipeConfig
-from kmedimg.config.sections import CLASS_WEIGHTS, RecipeSection
+from kmedimg.config.sections import RecipeSection
+from kmedimg.config.strict_yaml import load_yaml
 from kmedimg.config.tune import TuneSettings
 from kmedimg.core import run_directory
-from kmedimg.core.validation import check_choice, check_keys, check_type, error, from_mapping
+from kmedimg.core.validation import check_choice, check_keys, check_type, from_mapping
 from kmedimg.recipes import get_recipe, list_recipes
 
 # The sections that are plain dataclasses (`recipe` and `tune` have their own checks).
@@ -79,6 +83,7 @@ def config_from_dict(raw, where="<dict>"):
             f"Received: {type(raw).__name__}"
         )
     check_keys(raw, allowed, where, kind="section")
+    check_finite(raw, where)
     description = check_type("description", raw.get("description", ""), str, where, "key")
     sections = {
         name: from_mapping(cls, raw.get(name), where, section=name)
@@ -90,40 +95,24 @@ def config_from_dict(raw, where="<dict>"):
         tune=_tune_section(raw.get("tune"), where),
         **sections,
     )
-    _check_cross_fields(config, where)
+    check_config(config, where)
     return config
 
 
-def _check_cross_fields(config, where):
-    """The rules a field type cannot say: image sizes, class weights, `jit_compile`."""
-    size = config.data.image_size
-    if size is not None:
-        sizes = size if isinstance(size, list) else [size]
-        if len(sizes) not in (1, 2) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
-        ):
-            raise error("data.image_size", "a positive int or [height, width]", size, where,
-                        kind="key")
-    class_weight = config.training.class_weight
-    if isinstance(class_weight, str) and class_weight not in CLASS_WEIGHTS:
-        raise error("training.class_weight",
-                    f"one of {list(CLASS_WEIGHTS)} or a list of per-class weights",
-                    class_weight, where, kind="key")
-    if isinstance(config.training.jit_compile, str) and config.training.jit_compile != "auto":
-        raise error("training.jit_compile", "one of ['auto', true, false]",
-                    config.training.jit_compile, where, kind="key")
-
-
 def read_yaml(path):
-    """Reads one YAML file (local or `gs://`) with `yaml.safe_load` (no Python tags)."""
+    """Reads one YAML file (local or `gs://`) strictly: no Python tags, no duplicate
+    keys, no alias bombs (`kmedimg.config.strict_yaml`)."""
     path = os.fspath(path)
-    text = run_directory.read_text(path)
+    try:
+        text = run_directory.read_text(path)
+    except UnicodeDecodeError as problem:
+        raise ValueError(
+            f"{path}: a recipe file must be UTF-8 text. Received: {problem.reason} at "
+            f"byte {problem.start}"
+        ) from problem
     if text is None:
         raise FileNotFoundError(f"Recipe file not found. Received: path={path!r}")
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as problem:
-        raise ValueError(f"{path}: not valid YAML ({problem}).") from problem
+    return load_yaml(text, path)
 
 
 def load_config(path, overrides=()):
@@ -156,8 +145,11 @@ def load_config(path, overrides=()):
                 f"{where}: a recipe file must be a mapping of sections. "
                 f"Received: {type(raw).__name__}"
             )
-        raw = apply_overrides(raw, overrides)
         where = f"{where} (with --set {' '.join(overrides)})"
+        try:
+            raw = apply_overrides(raw, overrides)
+        except ValueError as problem:
+            raise ValueError(f"{where}: {problem}") from problem
     return config_from_dict(raw, where)
 
 

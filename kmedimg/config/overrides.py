@@ -2,7 +2,7 @@
 
 import copy
 
-import yaml
+from kmedimg.config.strict_yaml import load_yaml
 
 
 def parse_override(text):
@@ -23,10 +23,7 @@ def parse_override(text):
         raise ValueError(
             f"An override key must be dotted, e.g. `training.seed`. Received: --set {text!r}"
         )
-    try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError as error:
-        raise ValueError(f"--set {text!r}: the value is not valid YAML ({error}).") from error
+    value = load_yaml(raw_value, f"--set {text!r}") if raw_value.strip() else ""
     return parts, value
 
 

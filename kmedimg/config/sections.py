@@ -14,10 +14,17 @@ from typing import Any, Optional, Union
 from kmedimg.core.validation import field
 from kmedimg.core.vocabulary import OPTIMIZERS, PIXEL_DTYPES
 from kmedimg.distribute import PRECISION_POLICIES, STRATEGY_KINDS
+from kmedimg.layers.medical_augmentation import FILL_MODES, FLIP_MODES
+from kmedimg.models.classifier import HEADS
+from kmedimg.models.pretrained import GREY_WEIGHTS
 
 LOSSES = ("auto", "crossentropy", "focal")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 THRESHOLD_RULES = ("youden", "f1", "sensitivity", "specificity", "fixed")
+#: The `model.augmentation` values that are not a mapping of settings.
+AUGMENTATION_PRESETS = (None, False, True, "default")
+#: Largest `training.seed`: NumPy seeds are unsigned 32-bit.
+MAX_SEED = 2**32 - 1
 
 
 @dataclasses.dataclass
@@ -37,8 +44,8 @@ class DataConfig:
             Defaults to `"val"`.
         test_split: split for the final evaluation; when the dataset has none, the
             validation split is reported instead (and labelled so). Defaults to `"test"`.
-        load_options: extra keyword arguments for `kmedimg.data.pipeline.load`.
-            Defaults to `{}`.
+        load_options: extra keyword arguments for `kmedimg.data.pipeline.load`, the
+            keys of `LoadOptions`. Defaults to `{}`.
     """
 
     path: Optional[str] = None
@@ -49,6 +56,63 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     load_options: dict = field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class LoadOptions:
+    """The `data.load_options` a recipe may set (`kmedimg.data.pipeline.load` arguments).
+
+    The other arguments of `load` (split, sizes, batch, shuffling seed, sharding) are
+    set by the run from the rest of the recipe.
+
+    Attributes:
+        cache: `true` caches the decoded records in memory, a string caches them to
+            that file prefix. Defaults to `False`.
+        shuffle_buffer: records in the training shuffle buffer; `None` picks up to
+            2048 within 256 MB. Defaults to `None`.
+        check_files: stat every shard against the manifest before reading.
+            Defaults to `True`.
+        check_records: count each shard's records while reading, naming a corrupt
+            shard. Defaults to `True`.
+    """
+
+    cache: Union[bool, str] = False
+    shuffle_buffer: Optional[int] = field(None, minimum=1)
+    check_files: bool = True
+    check_records: bool = True
+
+
+@dataclasses.dataclass
+class AugmentationConfig:
+    """The settings of a `model.augmentation` mapping (`kmedimg.layers.MedicalAugmentation`).
+
+    Attributes:
+        flip: `null`, `"horizontal"`, `"vertical"` or `"horizontal_and_vertical"`.
+            Defaults to `"horizontal"`.
+        rotation: maximum rotation in degrees, in [0, 180]. Defaults to `10.0`.
+        zoom: maximum relative zoom, in [0, 0.9]. Defaults to `0.1`.
+        translation: maximum shift as a fraction of the size, in [0, 0.5].
+            Defaults to `0.05`.
+        contrast: maximum relative contrast change, in [0, 1]. Defaults to `0.1`.
+        brightness: maximum additive brightness change, in [0, 1]. Defaults to `0.05`.
+        noise_stddev: gaussian noise standard deviation, in [0, 1]. Defaults to `0.01`.
+        value_range: `[low, high]` to clip to, or `null`. Defaults to `[0.0, 1.0]`.
+        fill_mode: `"constant"` or `"nearest"`. Defaults to `"constant"`.
+        fill_value: value for `fill_mode="constant"`. Defaults to `0.0`.
+        seed: an int >= 0, or `null`. Defaults to `None`.
+    """
+
+    flip: Optional[str] = field("horizontal", choices=FLIP_MODES)
+    rotation: float = field(10.0, minimum=0, maximum=180)
+    zoom: float = field(0.1, minimum=0, maximum=0.9)
+    translation: float = field(0.05, minimum=0, maximum=0.5)
+    contrast: float = field(0.1, minimum=0, maximum=1)
+    brightness: float = field(0.05, minimum=0, maximum=1)
+    noise_stddev: float = field(0.01, minimum=0, maximum=1)
+    value_range: Optional[list] = field(default_factory=lambda: [0.0, 1.0])
+    fill_mode: str = field("constant", choices=FILL_MODES)
+    fill_value: float = 0.0
+    seed: Optional[int] = field(None, minimum=0)
 
 
 @dataclasses.dataclass
@@ -63,12 +127,13 @@ class ModelConfig:
             backbone pretrained on another medical dataset).
             Recipes that start from random weights (`from_scratch`) ignore it.
             Defaults to `None`.
-        head: pooling head, `"avg"`, `"max"` or `"flatten"`. Defaults to `"avg"`.
+        head: pooling head, `"avg"`, `"gem"` or `"max"`. Defaults to `"avg"`.
         dropout: dropout rate before the classifier. Defaults to `0.2`.
         hidden_units: width of an extra dense layer in the head, 0 for none.
             Defaults to `0`.
-        augmentation: augmentation preset or settings understood by `build_classifier`
-            (active only in training). Defaults to `None`.
+        augmentation: `None`/`false` (none), `true`/`"default"` (the default
+            `MedicalAugmentation`) or a mapping of its settings (the keys of
+            `AugmentationConfig`); active only in training. Defaults to `None`.
         dtype_policy: Keras dtype policy; `None` lets `kmedimg.distribute` choose.
             Defaults to `None`.
         input_dtype: dtype of the stored pixels. Defaults to `"uint8"`.
@@ -77,13 +142,13 @@ class ModelConfig:
 
     backbone: str = "mobilenetv2"
     weights: Optional[str] = None
-    head: str = "avg"
+    head: str = field("avg", choices=HEADS)
     dropout: float = field(0.2, minimum=0, maximum=1, include_maximum=False)
     hidden_units: int = field(0, minimum=0)
     augmentation: Any = None
     dtype_policy: Optional[str] = None
     input_dtype: str = field("uint8", choices=PIXEL_DTYPES)
-    grey_weights: str = "fold"
+    grey_weights: str = field("fold", choices=GREY_WEIGHTS)
 
 
 @dataclasses.dataclass
@@ -106,7 +171,7 @@ class TrainingConfig:
 
     Attributes:
         seed: seeds Python, NumPy, TensorFlow (`keras.utils.set_random_seed`) and the
-            data order. Defaults to `0`.
+            data order; an int in [0, 2**32 - 1]. Defaults to `0`.
         deterministic: also enable TensorFlow op determinism (same seed, same weights;
             a resumed run ends equal to an uninterrupted one). Not applied when the step
             compiles with XLA, because Keras turns XLA off under op determinism; the
@@ -155,7 +220,7 @@ class TrainingConfig:
         verbose: Keras progress output, 0, 1 (bar) or 2 (line per epoch). Defaults to `1`.
     """
 
-    seed: int = 0
+    seed: int = field(0, minimum=0, maximum=MAX_SEED)
     deterministic: bool = True
     optimizer: str = field("adamw", choices=OPTIMIZERS)
     weight_decay: float = field(1e-4, minimum=0)

@@ -173,13 +173,23 @@ def error(name, requirement, value, where=None, kind="argument", hint=""):
 # -- checks --------------------------------------------------------------------------
 
 
+def is_non_finite(value):
+    """Whether `value` is a float NaN or infinity (never a valid setting)."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def check_type(name, value, annotation, where=None, kind="argument"):
-    """Returns `value` (ints made floats for float fields) or raises naming the type."""
+    """Returns `value` (ints made floats for float fields) or raises naming the type.
+
+    A NaN or infinite float is refused for every type: no setting means "not a number".
+    """
     if not matches_type(value, annotation):
         raise ValueError(
             f"{_subject(name, where, kind)} must be of type {type_name(annotation)}. "
             f"Received: {name}={value!r} ({type(value).__name__})"
         )
+    if is_non_finite(value):
+        raise error(name, "a finite number", value, where, kind)
     return coerce_type(value, annotation)
 
 
@@ -199,6 +209,8 @@ def check_choice(name, value, choices, where=None, kind="argument"):
 def check_number(name, value, interval=Interval(), integer=False, where=None, kind="argument"):
     """Raises unless `value` is a number (an int when `integer`) inside `interval`."""
     number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if is_non_finite(value):
+        raise error(name, f"a finite number {interval}", value, where, kind)
     if isinstance(value, bool) or not number or value not in interval:
         noun = "an int" if integer else "a number"
         raise error(name, f"{noun} {interval}", value, where, kind)

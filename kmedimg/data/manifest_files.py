@@ -1,17 +1,53 @@
 """A dataset directory's manifest and shard files: `read_manifest` and `verify`.
 
 `dataset.json` is the one description of a dataset directory (see `schema`); these
-functions read it (local or gs://, through `tf.io.gfile`) and check the shard files
-it lists, by size (cheap, done by `load` before reading) or by sha256 (`verify`).
+functions read it (local or gs://, through `tf.io.gfile`; its own checksum is checked
+on every read) and check the shard files it lists, by size (cheap, done by `load`
+before reading) or by sha256 (`verify`). `manifest_fingerprint` identifies a
+dataset's content, so a run can refuse to resume on a re-converted dataset.
 """
 
 import concurrent.futures
+import re
 
 import tensorflow as tf
 
 from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.paths import sha256_of
+
+#: How `load` starts the error it raises for a shard with too few valid records.
+CORRUPT_SHARD_MARK = "kmedimg: the dataset is corrupt: shard "
+_CORRUPT_SHARD_MESSAGE = re.compile(re.escape(CORRUPT_SHARD_MARK) + r"[^\]\n]*")
+
+
+def read_error(error):
+    """The one-line `ValueError` for a corrupt shard met while reading, or `None`.
+
+    `load` names a shard that holds fewer valid records than the manifest lists (a
+    flipped byte, a truncated file) in a TensorFlow error raised inside the
+    pipeline, which reaches the caller as a `tf.errors.OpError` (from `fit`,
+    `predict`, iteration). Callers turn it into a plain message:
+
+    ```python
+    try:
+        model.fit(load(path, "train", training=True), ...)
+    except tf.errors.OpError as error:
+        raise read_error(error) or error
+    ```
+
+    Args:
+        error: any exception.
+
+    Returns:
+        A `ValueError` naming the shard, or `None` when `error` is something else.
+    """
+    if not isinstance(error, tf.errors.OpError):
+        return None
+    found = _CORRUPT_SHARD_MESSAGE.search(error.message or "")
+    if not found:
+        return None
+    return ValueError(found.group(0)[len("kmedimg: "):].strip())
 
 
 def read_manifest(path):
@@ -106,20 +142,57 @@ def check_shard_sizes(manifest, shards):
             f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
 
 
-def verify(path_or_manifest, splits=None):
-    """Recomputes every shard's sha256 and compares it with the manifest.
+def manifest_fingerprint(manifest_or_path):
+    """The sha256 (hex) of a dataset's manifest content: equal only for the same data.
+
+    Every shard's sha256, the counts, class names and conversion settings are part of
+    the manifest, so a re-converted or edited dataset has another fingerprint. For a
+    manifest written by `kmedimg convert` it equals the file's `checksum` field.
 
     Args:
-        path_or_manifest: dataset directory, `dataset.json` path or Manifest.
+        manifest_or_path: a `schema.Manifest`, a dataset directory or its
+            `dataset.json` (local or gs://).
+
+    Returns:
+        64 hex digits.
+
+    Example:
+
+    ```python
+    recorded = manifest_fingerprint("data/phantoms")
+    ...
+    if manifest_fingerprint("data/phantoms") != recorded:
+        raise ValueError("the dataset changed since this run started")
+    ```
+    """
+    if not isinstance(manifest_or_path, schema.Manifest):
+        manifest_or_path = read_manifest(manifest_or_path)
+    return schema.manifest_checksum(manifest_or_path)
+
+
+def verify(path_or_manifest, splits=None):
+    """Checks `dataset.json` against its checksum and every shard's sha256 against it.
+
+    Args:
+        path_or_manifest: dataset directory, `dataset.json` path or Manifest (its
+            `dataset.json` is read again: the file on disk is what is verified).
         splits: split names to check. Defaults to `None` (all).
 
     Returns:
-        The manifest, when every shard matches.
+        The manifest, when it and every shard match.
 
     Raises:
-        ValueError: naming the first shard whose size or checksum does not match.
+        ValueError: when the manifest was edited or has no checksum, or naming the
+            first shard whose size or checksum does not match.
     """
-    manifest = as_manifest(path_or_manifest)
+    manifest = read_manifest(as_manifest(path_or_manifest).directory)
+    manifest_path = join(manifest.directory, schema.MANIFEST_NAME)
+    if not manifest.checksum:
+        raise ValueError(
+            f"{manifest_path} has no `checksum`: it was not written by `kmedimg convert` "
+            "(or the field was removed), so its counts, shapes and class names cannot be "
+            "verified. Re-run `kmedimg convert`. Received: checksum=''"
+        )
     for name in splits or list(manifest.splits):
         info = split_info(manifest, name)
         check_shard_sizes(manifest, info.shards)

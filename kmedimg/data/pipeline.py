@@ -18,7 +18,8 @@ parse, then prefetch):
 
 The vectorised path (batch first, then decode the whole batch) is what makes raw
 storage several times faster than decoding image files. `read_manifest` and `verify`
-live in `kmedimg.data.manifest_files` and are re-exported here.
+live in `kmedimg.data.manifest_files` and are re-exported here, with `read_error`
+(a corrupt shard met while reading, as a one-line `ValueError`).
 """
 
 import dataclasses
@@ -31,8 +32,10 @@ from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.decoder import RecordDecoder
 from kmedimg.data.manifest_files import (
+    CORRUPT_SHARD_MARK,
     as_manifest,
     check_shard_sizes,
+    read_error,
     read_manifest,
     split_info,
     verify,
@@ -45,7 +48,8 @@ logger = logging.getLogger(__name__)
 _SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
 _DEFAULT_SHUFFLE_RECORDS = 2048
 
-__all__ = ["load", "make_dataset_fn", "read_manifest", "sharding_mode", "verify"]
+__all__ = ["load", "make_dataset_fn", "read_error", "read_manifest", "sharding_mode",
+           "verify"]
 
 
 def _normalize_size(image_size, manifest):
@@ -80,12 +84,14 @@ def _checked_records(path, expected, compression):
     """
 
     def fail(sentinel_path):
+        message = tf.strings.join([
+            CORRUPT_SHARD_MARK, sentinel_path, " holds fewer valid records than the ",
+            tf.strings.as_string(expected), " the manifest lists (corrupt or truncated). "
+            "`kmedimg inspect --verify` on the dataset directory checks every "
+            "shard; restore the file or re-run `kmedimg convert`."])
         check = tf.debugging.Assert(
             tf.equal(tf.strings.length(sentinel_path), -1),  # always false, at run time
-            ["kmedimg: shard", sentinel_path, "is corrupt or truncated: it holds fewer "
-             "valid records than the", expected, "the manifest lists "
-             "(kmedimg.data.pipeline.verify checks every shard's sha256)"],
-            summarize=1,
+            [message], summarize=1,
         )
         with tf.control_dependencies([check]):
             return tf.identity(sentinel_path)

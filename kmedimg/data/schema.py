@@ -193,7 +193,10 @@ class Manifest:
     """`dataset.json`: everything a reader needs to trust and decode the records.
 
     `image.height`/`image.width` are set when every record has the same size (the
-    fast vectorised read path needs that), otherwise null.
+    fast vectorised read path needs that), otherwise null. `checksum` is the sha256
+    of everything else (`manifest_checksum`), written by `to_json`: reading a manifest
+    whose content no longer matches it fails, so edited counts, shapes or class names
+    are caught (`""` in a manifest written by hand: nothing to compare).
     """
 
     task: str
@@ -211,6 +214,7 @@ class Manifest:
     duplicates: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    checksum: str = ""
 
     def validate(self, where=MANIFEST_NAME):
         """Raises ValueError naming `where` and the field when the manifest is inconsistent."""
@@ -229,7 +233,10 @@ class Manifest:
                 )
         if not self.class_names:
             raise ValueError(f"{where}: field `class_names` is empty.")
+        _check_numbers(self, where)
         for name, split in self.splits.items():
+            for index, shard in enumerate(split.shards):
+                check_shard_path(shard.path, where, f"splits.{name}.shards[{index}].path")
             shard_total = sum(shard.records for shard in split.shards)
             if shard_total != split.count:
                 raise ValueError(
@@ -250,32 +257,122 @@ class Manifest:
         return len(self.class_names)
 
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+        """The manifest as JSON, with `checksum` computed over everything else."""
+        content = dataclasses.asdict(self)
+        content["checksum"] = manifest_checksum(content)
+        return json.dumps(content, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text, where=MANIFEST_NAME):
+        """Parses and validates `dataset.json` text; `where` names the file in errors."""
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not valid JSON ({error}).") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: a manifest must be a JSON object. "
+                             f"Received: {type(raw).__name__}")
+        _check_checksum(raw, where)
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - known, key=str)
         if unknown:
             raise ValueError(
                 f"{where}: unknown fields {unknown}; expected only {sorted(known)}."
             )
-        splits = {}
-        for name, split in raw.get("splits", {}).items():
-            shards = [ShardInfo(**shard) for shard in split.get("shards", [])]
-            splits[name] = SplitInfo(
-                count=split.get("count", 0),
-                class_counts=split.get("class_counts", {}),
-                shards=shards,
-            )
-        raw["splits"] = splits
+        raw["splits"] = _splits_from_json(raw.get("splits", {}), where)
         try:
             manifest = cls(**raw)
-        except TypeError as error:
+            manifest.validate(where)
+        except (TypeError, AttributeError) as error:
             raise ValueError(f"{where}: missing or malformed fields ({error}).") from error
-        manifest.validate(where)
         return manifest
+
+
+def _is_count(value, minimum=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_numbers(manifest, where):
+    """Sizes and counts are ints (a NaN height or a string count is refused here)."""
+    fields = [("height", manifest.height, 1), ("width", manifest.width, 1)]
+    for name, split in manifest.splits.items():
+        fields.append((f"splits.{name}.count", split.count, 0))
+        for index, shard in enumerate(split.shards):
+            fields += [(f"splits.{name}.shards[{index}].records", shard.records, 0),
+                       (f"splits.{name}.shards[{index}].bytes", shard.bytes, 0)]
+    for name, value, minimum in fields:
+        if value is not None and not _is_count(value, minimum):
+            raise ValueError(f"{where}: field `{name}` must be an int >= {minimum}"
+                             f"{' or null' if minimum else ''}. Received: {name}={value!r}")
+    names = manifest.class_names
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) or len(
+            set(names)) != len(names):
+        raise ValueError(f"{where}: field `class_names` must be a list of distinct, "
+                         f"non-empty names. Received: class_names={names!r}")
+
+
+def manifest_checksum(manifest):
+    """The sha256 (hex) of a manifest's content, every field but `checksum` itself.
+
+    Args:
+        manifest: a `Manifest` or its JSON mapping (a parsed `dataset.json`).
+
+    Returns:
+        64 hex digits; the same for a `Manifest` and for the `dataset.json` it wrote.
+    """
+    content = dataclasses.asdict(manifest) if isinstance(manifest, Manifest) else dict(manifest)
+    content.pop("checksum", None)
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      default=repr)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_checksum(raw, where):
+    stored = raw.get("checksum", "")
+    if stored in ("", None):
+        return
+    actual = manifest_checksum(raw)
+    if stored != actual:
+        raise ValueError(
+            f"{where}: the manifest was edited after the conversion: its content (counts, "
+            "shapes, class names, shard list...) no longer matches its `checksum`. "
+            "Restore the file or re-run `kmedimg convert`. "
+            f"Received: checksum={stored!r}, content sha256={actual!r}"
+        )
+
+
+def _splits_from_json(raw_splits, where):
+    if not isinstance(raw_splits, dict):
+        raise ValueError(f"{where}: field `splits` must be a mapping of split names. "
+                         f"Received: splits={raw_splits!r}")
+    splits = {}
+    for name, split in raw_splits.items():
+        shards = split.get("shards", []) if isinstance(split, dict) else None
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            raise ValueError(f"{where}: field `splits.{name}` must be a mapping with a "
+                             f"list of shard mappings. Received: {split!r}")
+        try:
+            shard_infos = [ShardInfo(**shard) for shard in shards]
+        except TypeError as error:
+            raise ValueError(f"{where}: malformed shard in `splits.{name}.shards` "
+                             f"({error}).") from error
+        splits[name] = SplitInfo(count=split.get("count", 0),
+                                 class_counts=split.get("class_counts", {}),
+                                 shards=shard_infos)
+    return splits
+
+
+def check_shard_path(path, where, name):
+    """Raises unless `path` is a relative path inside the dataset directory.
+
+    A manifest names its shards relative to its own directory; an absolute path, a
+    URL or a `..` component would make `load` or `verify` read any file.
+    """
+    parts = path.replace("\\", "/").split("/") if isinstance(path, str) else []
+    if (not isinstance(path, str) or not path or path.startswith(("/", "\\"))
+            or "\0" in path or ":" in parts[0] or any(part in ("", "..") for part in parts)):
+        raise ValueError(
+            f"{where}: field `{name}` must be a relative path inside the dataset "
+            "directory (no leading `/`, no `..`, no `scheme://`); re-run `kmedimg "
+            f"convert` to rewrite the manifest. Received: {name}={path!r}"
+        )
