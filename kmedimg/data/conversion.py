@@ -194,6 +194,9 @@ def convert_source(spec, out_dir, *, format=None, options=None, channels=None,
                        "source_options": dict(kwargs)}
     if command is None:
         conversion_args.pop("command")
+    redact = getattr(source.source, "redact_conversion_args", None)
+    if redact is not None:  # DICOM/NIfTI: paths may hold PHI
+        conversion_args = redact(conversion_args)
     try:
         manifest = write_dataset(
             source, out_dir, progress=bar, conversion_args=conversion_args,

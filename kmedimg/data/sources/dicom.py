@@ -37,7 +37,9 @@ import numpy as np
 from kmedimg.data.sources import dicom_pixels, privacy
 from kmedimg.data.sources.base import Item
 from kmedimg.data.sources.dicom_objects import (
+    MODALITIES,
     check_transfer_syntax,
+    describe_code,
     object_problem,
     phi_values,
     pixel_problem,
@@ -135,7 +137,7 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
     from pydicom.uid import UID
 
     facts = {"forced_read": not has_preamble}
-    problem = object_problem(ds, has_preamble)
+    problem = object_problem(ds, has_preamble, options["salt"])
     if problem:
         return rejected(problem)
     labels = options["labels"].lookup(
@@ -147,11 +149,11 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
     )
     if labels is None:
         return rejected(no_label_reason(options["labels"]))
-    transfer_syntax, problem = check_transfer_syntax(ds, facts)
+    transfer_syntax, problem = check_transfer_syntax(ds, facts, options["salt"])
     if problem:
         return rejected(problem)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
-    problem = pixel_problem(ds, photometric, options["window"])
+    problem = pixel_problem(ds, photometric, options["window"], options["salt"])
     if problem:
         return rejected(problem)
     count = get_nr_frames(ds, warn=False)
@@ -170,7 +172,7 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
     patient = _patient_key(ds, options["salt"], relative, facts)
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     facts.update(
-        modality=str(ds.get("Modality", "") or ""),
+        modality=describe_code(ds.get("Modality", ""), MODALITIES, options["salt"]),
         sop_class=uid_name(sop_class) if sop_class else "",
         photometric=photometric,
         transfer_syntax=UID(transfer_syntax).name,
@@ -331,7 +333,10 @@ class DicomSource(FileTreeSource):
 
     def _count_item(self, item):
         stats, meta = self._stats, item.metadata
-        stats[f"modality:{meta.get('modality') or 'unknown'}"] += 1
+        modality = meta.get("modality") or "unknown"
+        if modality.startswith("not a defined term"):
+            modality = "not a defined term"  # one count, not one per value hash
+        stats[f"modality:{'unknown' if modality == 'missing' else modality}"] += 1
         for flag in ("forced_read", "transfer_syntax_inferred", "inverted"):
             if meta.get(flag):
                 stats[flag] += 1
