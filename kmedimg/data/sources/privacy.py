@@ -39,8 +39,10 @@ def load_salt(salt=None, salt_file=None):
             when missing. Defaults to `None`, meaning `DEFAULT_SALT_FILE`
             (`~/.kmedimg/patient_salt`, or `$KMEDIMG_SALT_FILE`).
 
+    A text file gives its stripped text (UTF-8); any other file its bytes as they are.
+
     Raises:
-        ValueError: when the salt is empty.
+        ValueError: when the salt is empty or the salt file cannot be read.
     """
     if salt is not None:
         salt = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
@@ -49,16 +51,33 @@ def load_salt(salt=None, salt_file=None):
         return salt
     path = pathlib.Path(salt_file) if salt_file is not None else DEFAULT_SALT_FILE
     if path.exists():
-        text = path.read_text(encoding="utf-8").strip()
-        if not text:
-            raise ValueError(f"salt file {path} is empty. Delete it to generate a new salt.")
-        return text.encode("utf-8")
+        return _read_salt_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = secrets.token_hex(32)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
     return text.encode("utf-8")
+
+
+def _read_salt_file(path):
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(
+            f"Cannot read the salt file {str(path)!r}: {error.strerror}. Give a readable "
+            f"file (--salt-file), or a new path to create one. Received: salt_file={str(path)!r}"
+        ) from None
+    try:
+        salt = data.decode("utf-8").strip().encode("utf-8")
+    except UnicodeDecodeError:
+        salt = data  # a binary salt: every byte counts
+    if not salt:
+        raise ValueError(
+            f"The salt file {str(path)!r} is empty. Delete it to generate a new salt. "
+            f"Received: salt_file={str(path)!r}"
+        )
+    return salt
 
 
 def check_salt_outside(salt_file, out_dir):
