@@ -29,7 +29,7 @@ FORMAT_OPTIONS = {
     "tfds": {"tfds_data_dir": "data_dir", "tfds_download": "download",
              "image_key": "image_key", "label_key": "label_key"},
     "synthetic": {"opacity_fraction": "opacity_fraction"},
-    "dicom": {**_MEDICAL_OPTIONS, "frames": "frames"},
+    "dicom": {**_MEDICAL_OPTIONS, "frames": "frames", "dicom_decoder": "decoder"},
     "nifti": {**_MEDICAL_OPTIONS, "axis": "axis", "slices": "slices"},
 }
 

@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from kmedimg.data.sources import dicom_pixels, privacy
+from kmedimg.data.sources import dicom_pixels, dicom_tfio, privacy
 from kmedimg.data.sources.base import Item
 from kmedimg.data.sources.dicom_objects import (
     MODALITIES,
@@ -65,9 +65,20 @@ def _frame_indices(count, frames):
     return [0] if frames == "first" else [count // 2]
 
 
-def _decode(ds, indices, count):
+def _decode(ds, indices, count, path, decoder, facts):
+    """The chosen frames: by tensorflow-io when asked and exact, else by pydicom."""
     from pydicom.pixels import iter_pixels, pixel_array
 
+    facts["decoder"] = "pydicom"
+    if decoder == "tfio":
+        try:
+            frames = dicom_tfio.decode_frames(path, ds, indices)
+            facts["decoder"] = "tfio"
+            return frames
+        except dicom_tfio.TfioDecodeError as error:  # our own text: no file values
+            facts["tfio_fallback"] = f"refused: {error}"
+        except RuntimeError:  # DCMTK's message may quote the file: not kept
+            facts["tfio_fallback"] = "tfio (DCMTK) cannot decode the file"
     if len(indices) == count and count > 1:
         return [np.asarray(frame) for frame in iter_pixels(ds)]
     return [np.asarray(pixel_array(ds, index=index if count > 1 else None)) for index in indices]
@@ -104,7 +115,7 @@ def convert_file(job):
                 )
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}")
         try:
-            return _convert_dataset(ds, has_preamble, relative, options, rejected)
+            return _convert_dataset(ds, has_preamble, path, relative, options, rejected)
         except Exception as error:  # noqa: BLE001 - a damaged file must not stop the run
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}", ds)
 
@@ -132,7 +143,7 @@ def _patient_key(ds, salt, relative, facts):
     return privacy.salted_hash(salt, "file", relative)
 
 
-def _convert_dataset(ds, has_preamble, relative, options, rejected):
+def _convert_dataset(ds, has_preamble, path, relative, options, rejected):
     from pydicom.pixels.utils import get_nr_frames
     from pydicom.uid import UID
 
@@ -159,7 +170,7 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
     count = get_nr_frames(ds, warn=False)
     indices = _frame_indices(count, options["frames"])
     try:
-        decoded = _decode(ds, indices, count)
+        decoded = _decode(ds, indices, count, path, options["decoder"], facts)
     except Exception as error:  # noqa: BLE001 - decoders raise many types
         text = str(error)
         if "less than expected" in text or "truncated" in text.lower():
@@ -257,6 +268,10 @@ class DicomSource(FileTreeSource):
         workers: decoding processes; None/0 = all CPUs, 1 = in this process.
             Defaults to `None`.
         prefetch: files in flight per worker (bounds memory). Defaults to `4`.
+        decoder: `"pydicom"` or `"tfio"` (tensorflow-io's DCMTK decoder; loads only
+            with TensorFlow 2.16, refused here otherwise; files it cannot decode
+            exactly fall back to pydicom, noted as `tfio_fallback` in the item's
+            metadata; see `kmedimg.data.sources.dicom_tfio`). Defaults to `"pydicom"`.
 
     Example:
 
@@ -289,7 +304,20 @@ class DicomSource(FileTreeSource):
         keep_filenames=False,
         workers=None,
         prefetch=4,
+        decoder="pydicom",
     ):
+        if decoder not in dicom_tfio.DECODERS:
+            raise ValueError(
+                f"`decoder` must be one of {dicom_tfio.DECODERS}. Received: decoder={decoder!r}"
+            )
+        if decoder == "tfio":
+            try:  # refused here, before any file is read or written
+                dicom_tfio.load_tfio()
+            except ImportError as error:
+                raise ValueError(
+                    f"decoder='tfio' (--dicom-decoder tfio) is not available: {error}"
+                ) from None
+        self.decoder = decoder
         if frames not in FRAME_CHOICES:
             raise ValueError(
                 f"`frames` must be one of {FRAME_CHOICES}. Received: frames={frames!r}"
@@ -329,6 +357,7 @@ class DicomSource(FileTreeSource):
             "offset": self.offset,
             "scale": self.scale,
             "dtype": self.dtype,
+            "decoder": self.decoder,
         }
 
     def _count_item(self, item):
@@ -337,6 +366,9 @@ class DicomSource(FileTreeSource):
         if modality.startswith("not a defined term"):
             modality = "not a defined term"  # one count, not one per value hash
         stats[f"modality:{'unknown' if modality == 'missing' else modality}"] += 1
+        if self.decoder != "pydicom":
+            stats[f"decoder:{meta.get('decoder')}"] += 1
+            stats["tfio_fallback"] += bool(meta.get("tfio_fallback"))
         for flag in ("forced_read", "transfer_syntax_inferred", "inverted"):
             if meta.get(flag):
                 stats[flag] += 1
@@ -367,6 +399,7 @@ class DicomSource(FileTreeSource):
             },
             "privacy": self._describe_privacy(
                 "salted sha256 of PatientID (else StudyInstanceUID, else file)"),
+            "decoder": self.decoder,
             "workers": self.workers,
             "stats": dict(sorted(self._stats.items())),
         }
