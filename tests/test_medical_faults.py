@@ -15,7 +15,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 

@@ -23,7 +23,12 @@ Privacy (see `kmedimg.data.sources.privacy`): records carry a salted hash of
 PatientID, never names, IDs, dates, accession numbers, institutions or free text;
 record ids, `Item.source` and rejected.csv use salted hashes of the relative path
 unless `keep_filenames=True`; error reasons are scrubbed of paths and of the file's
-text values.
+text values, and echo a code value (photometric interpretation, modality, transfer
+syntax, SOP class) only when the standard defines it (`dicom_objects.describe_code`).
+
+Pixels are decoded by pydicom, or with `decoder="tfio"` (`--dicom-decoder tfio`) by
+tensorflow-io where it loads (`kmedimg.data.sources.dicom_tfio`); a file tfio cannot
+decode exactly falls back to pydicom, noted as `tfio_fallback` in its items.
 
 Walking the tree, labels, privacy of names and decoding in `workers` processes (an
 ordered, bounded map, so the output is identical for any worker count) are shared

@@ -12,7 +12,11 @@ What the medical importers (DICOM, NIfTI) write instead of identifying values:
   file's path relative to the source root (plus the frame/slice index), unless the
   user asks for `keep_filenames` (file names in hospital exports often hold names).
 - Error reasons: the file's path and name and any PHI value read from the file are
-  masked before a reason reaches rejected.csv or a log line (`scrub`).
+  masked before a reason reaches rejected.csv or a log line (`scrub`); code values
+  are echoed only from an allow-list of defined terms, others by kind and hash.
+- The manifest's record of the call (`conversion.args`): SRC, the labels CSV and the
+  salt file's paths are kept as salted hashes (`src_hash`, ...), not as paths.
+- Salt files: text files give their stripped UTF-8 text, binary files their bytes.
 """
 
 import contextlib
