@@ -145,6 +145,15 @@ def test_known_codes_are_still_named(tmp_path):
     assert entry.reason.startswith("unsupported photometric interpretation: YBR_PARTIAL_420")
 
 
+def test_unknown_voi_lut_function_is_not_echoed(tmp_path):
+    ds = _read(get_testdata_file("MR_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 600, 1200, "SMITH_JANE"
+    _save(ds, tmp_path / "tree" / "a" / "x.dcm")
+    [entry] = list(DicomSource(tmp_path / "tree", salt=SALT, workers=1, window="file"))
+    assert entry.reason.startswith("window: unsupported VOI LUT Function (not a defined term")
+    assert "SMITH" not in entry.reason
+
+
 # Failure 8: non-finite and constant volumes and slices.
 
 def test_non_finite_and_constant_volumes_and_slices_are_rejected(tmp_path):
