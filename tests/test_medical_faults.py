@@ -178,6 +178,23 @@ def test_non_finite_and_constant_volumes_and_slices_are_rejected(tmp_path):
     assert written[0].pixels.min() < written[0].pixels.max()
 
 
+def test_constant_dicom_frames_are_rejected(tmp_path):
+    blank = _read(get_testdata_file("MR_small.dcm"))
+    blank.PixelData = bytes(len(blank.PixelData))
+    _save(blank, tmp_path / "tree" / "tumour" / "blank.dcm")
+    frames = _read(get_testdata_file("emri_small.dcm"))  # 10 frames of 64 x 64 uint16
+    data = bytearray(frames.PixelData)
+    data[64 * 64 * 2 * 3:64 * 64 * 2 * 4] = (500).to_bytes(2, "little") * (64 * 64)
+    frames.PixelData = bytes(data)
+    _save(frames, tmp_path / "tree" / "tumour" / "frames.dcm")
+    entries = list(DicomSource(tmp_path / "tree", salt=SALT, workers=1, frames="all",
+                               keep_filenames=True))
+    reasons = {e.source: e.reason for e in entries if isinstance(e, Rejected)}
+    assert reasons == {"tumour/blank.dcm": "constant image: every stored pixel is 0",
+                       "tumour/frames.dcm#frame3": "constant image: every stored pixel is 500"}
+    assert sum(isinstance(e, Item) for e in entries) == 9
+
+
 # Weak spot: a decompression bomb.
 
 def _bomb(path, shape, dtype=np.uint8):

@@ -13,6 +13,8 @@ each becomes one item per chosen frame or one `Rejected` line with the reason:
 - `no Pixel Data`, `truncated Pixel Data`, `cannot decode Pixel Data`,
   `unsupported transfer syntax` (no installed decoder), `unsupported photometric
   interpretation`, `bit depth`, `no label`, `no window in file`.
+- `constant image`: a frame whose stored pixels are all equal (a blank image must
+  not be trained on under a label); only that frame is rejected.
 
 Pixel handling is documented in `kmedimg.data.sources.dicom_pixels` (modality
 rescale to real units, MONOCHROME1 inversion, YBR/palette -> RGB, windows and presets,
@@ -40,7 +42,7 @@ import os
 import numpy as np
 
 from kmedimg.data.sources import dicom_pixels, dicom_tfio, privacy
-from kmedimg.data.sources.base import Item
+from kmedimg.data.sources.base import Item, Rejected
 from kmedimg.data.sources.dicom_objects import (
     MODALITIES,
     check_transfer_syntax,
@@ -200,9 +202,19 @@ def _convert_dataset(ds, has_preamble, path, relative, options, rejected):
 
 def _frame_items(ds, frames, count, photometric, labels, patient, relative, options,
                  facts, rejected):
-    """One `Item` per decoded frame (or one rejection for the file)."""
+    """One `Item` per decoded frame (or one rejection for the file); a constant frame
+    (a blank image: nothing to learn, whatever its label) is rejected alone."""
     results = []
     for index, frame in frames:
+        identifier = privacy.salted_hash(options["salt"], "record", relative, index)
+        if options["keep_filenames"]:
+            source = relative if count == 1 else f"{relative}#frame{index}"
+        else:
+            source = identifier
+        if frame.size and frame.min() == frame.max():
+            reason = f"constant image: every stored pixel is {frame.flat[0].item()}"
+            results.append(Rejected(source, reason))
+            continue
         try:
             if photometric.startswith("MONOCHROME"):
                 if frame.ndim != 2:
@@ -220,11 +232,6 @@ def _frame_items(ds, frames, count, photometric, labels, patient, relative, opti
         if options["dtype"] == "uint16" and pixels.dtype == np.uint8:
             pixels = pixels.astype(np.uint16) * 257
             frame_facts["promoted_uint8_by"] = 257
-        identifier = privacy.salted_hash(options["salt"], "record", relative, index)
-        if options["keep_filenames"]:
-            source = relative if count == 1 else f"{relative}#frame{index}"
-        else:
-            source = identifier
         results.append(
             Item(
                 source=source,
