@@ -177,10 +177,8 @@ def object_problem(ds, has_preamble, salt):
 
 def check_transfer_syntax(ds, facts, salt):
     """`(transfer syntax UID, None)` with an available decoder, or `(None, reason)`."""
-    from pydicom.uid import UID_dictionary
-
     from pydicom.pixels.decoders.base import get_decoder
-    from pydicom.uid import UID
+    from pydicom.uid import UID, UID_dictionary
 
     meta = getattr(ds, "file_meta", None)
     transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta else ""
