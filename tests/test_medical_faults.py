@@ -251,6 +251,8 @@ def test_binary_salt_file_is_accepted_and_bad_ones_are_named(tmp_path):
     with pytest.raises(ValueError, match="folder") as caught:
         privacy.load_salt(salt_file=tmp_path / "folder")
     assert "Received" in str(caught.value)
+    with pytest.raises(ValueError, match="Cannot create the salt file .*binary_salt/salt"):
+        privacy.load_salt(salt_file=binary / "salt")  # under a regular file
     _save(_read(get_testdata_file("MR_small.dcm")), tmp_path / "tree" / "a" / "x.dcm")
     out = tmp_path / "out"
     assert main(["convert", str(tmp_path / "tree"), str(out), "--salt-file", str(binary),

@@ -56,9 +56,19 @@ def load_salt(salt=None, salt_file=None):
     path = pathlib.Path(salt_file) if salt_file is not None else DEFAULT_SALT_FILE
     if path.exists():
         return _read_salt_file(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = secrets.token_hex(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # created meanwhile by a concurrent conversion: use it
+            return _read_salt_file(path)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot create the salt file {str(path)!r}: {error.strerror}. Choose a "
+            f"writable place outside the dataset (--salt-file). Received: "
+            f"salt_file={str(path)!r}"
+        ) from None
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
     return text.encode("utf-8")
