@@ -437,3 +437,28 @@ def test_tfio_failures_fall_back_to_pydicom_and_are_noted(tmp_path, monkeypatch)
     described = source.describe()
     assert described["decoder"] == "tfio" and described["stats"]["tfio_fallback"] == 2
     assert "DOE" not in json.dumps(described) + repr(items)
+
+
+# Weak spot: a file name that is not UTF-8 must not abort the conversion.
+
+def test_non_utf8_file_names_are_converted(tmp_path):
+    import shutil
+
+    tree = os.fsencode(tmp_path / "tree")
+    os.makedirs(tree + b"/a")
+    shutil.copy(get_testdata_file("MR_small.dcm"), tree + b"/a/\xff\xfe_scan.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), tree + b"/a/ok.dcm")
+    for keep in (False, True):
+        entries = list(DicomSource(tmp_path / "tree", salt=SALT, workers=1, keep_filenames=keep))
+        assert [type(e) for e in entries] == [Item, Item]
+        names = sorted(e.source for e in entries)
+        json.dumps(names).encode("utf-8")  # storable
+        if keep:
+            assert names == ["a/\\xff\\xfe_scan.dcm", "a/ok.dcm"]
+    nifti = os.fsencode(tmp_path / "nii")
+    os.makedirs(nifti + b"/a")
+    _volume(pathlib.Path(os.fsdecode(nifti + b"/a/\xe9t\xe9.nii.gz")),
+            np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    [item] = list(NiftiSource(tmp_path / "nii", salt=SALT, workers=1, keep_filenames=True))
+    assert item.source == "a/\\xe9t\\xe9.nii.gz#2:2"
+    assert _convert(tmp_path / "tree", tmp_path / "out", tmp_path) == 0

@@ -56,6 +56,7 @@ from kmedimg.data.sources.file_tree import (
     FileTreeSource,
     item_name,
     no_label_reason,
+    printable,
     reject,
     walk_files,
 )
@@ -208,7 +209,8 @@ def _frame_items(ds, frames, count, photometric, labels, patient, relative, opti
     for index, frame in frames:
         identifier = privacy.salted_hash(options["salt"], "record", relative, index)
         if options["keep_filenames"]:
-            source = relative if count == 1 else f"{relative}#frame{index}"
+            shown = printable(relative)
+            source = shown if count == 1 else f"{shown}#frame{index}"
         else:
             source = identifier
         if frame.size and frame.min() == frame.max():

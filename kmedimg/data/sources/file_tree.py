@@ -62,11 +62,16 @@ def walk_files(root, limit=None):
     return found
 
 
+def printable(relative):
+    """`relative` as storable text: bytes of a non-UTF-8 name written as `\\xff`."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def item_name(options, relative):
     """What an item or rejection of the file `relative` is called: its relative path
     with `keep_filenames`, else a salted hash of it (file names may hold PHI)."""
     if options["keep_filenames"]:
-        return relative
+        return printable(relative)
     return privacy.salted_hash(options["salt"], "file", relative)
 
 

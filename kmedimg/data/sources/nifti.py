@@ -53,6 +53,7 @@ from kmedimg.data.sources.file_tree import (
     FileTreeSource,
     item_name,
     no_label_reason,
+    printable,
     reject,
     walk_files,
 )
@@ -271,7 +272,8 @@ def convert_volume(job):
     results = []
     for index in indices:
         identifier = privacy.salted_hash(salt, "record", relative, axis, index)
-        source = f"{relative}#{axis}:{index}" if options["keep_filenames"] else identifier
+        source = (f"{printable(relative)}#{axis}:{index}" if options["keep_filenames"]
+                  else identifier)
         problem = _slice_problem(volume, finite, axis, index)
         if problem:
             results.append(Rejected(source, problem))

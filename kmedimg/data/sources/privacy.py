@@ -113,7 +113,9 @@ def salted_hash(salt, *parts):
     digest = hashlib.sha256(salt)
     for part in parts:
         digest.update(b"\0")
-        digest.update(part if isinstance(part, bytes) else str(part).encode("utf-8"))
+        # surrogateescape: a non-UTF-8 file name hashes as its raw bytes instead of failing
+        digest.update(part if isinstance(part, bytes)
+                      else str(part).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
