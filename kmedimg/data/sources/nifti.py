@@ -355,8 +355,7 @@ class NiftiSource(FileTreeSource):
         prefetch=4,
         max_voxels=DEFAULT_MAX_VOXELS,
     ):
-        if (not isinstance(max_voxels, int) or isinstance(max_voxels, bool)
-                or max_voxels < 1):
+        if not isinstance(max_voxels, int) or isinstance(max_voxels, bool) or max_voxels < 1:
             raise ValueError(
                 "`max_voxels` must be a positive int (voxels of one 3D volume). "
                 f"Received: max_voxels={max_voxels!r}"
