@@ -82,17 +82,22 @@ def test_every_nibabel_file_is_written_or_rejected_and_matches(nibabel_tree):
         if not readable:
             assert len(entries) == 1 and isinstance(entries[0], Rejected), relative
             continue
-        assert all(isinstance(e, Item) for e in entries), relative
         expected, mapping = expected_uint16(volume, slices)
         assert len(entries) == len(expected) == volume.shape[2]
-        for entry, reference in zip(entries, expected):
+        for entry, reference, real in zip(entries, expected, slices):
+            finite = real[np.isfinite(real)]
+            if not finite.size or finite.min() == finite.max():  # nothing to learn from
+                assert isinstance(entry, Rejected), relative
+                assert entry.reason.startswith(("constant slice", "non-finite slice"))
+                continue
             np.testing.assert_array_equal(entry.pixels, reference, err_msg=relative)
             written += 1
+        items = [e for e in entries if isinstance(e, Item)]
         if mapping:  # recorded per volume: in the item and in the manifest's source
-            volume_id = entries[0].metadata["volume_id"]
+            volume_id = items[0].metadata["volume_id"]
             recorded = source.describe()["intensity"]["per_volume"][volume_id]
             np.testing.assert_allclose([recorded["minimum"], recorded["step"]], mapping)
-        assert len({e.patient for e in entries}) == 1
+        assert len({e.patient for e in items}) == 1
     assert written >= 80
     reasons = {e.reason.split(":")[0] for es in by_file.values() for e in es
                if isinstance(e, Rejected)}
@@ -213,7 +218,7 @@ def test_convert_command(tmp_path, capsys):
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
         for index in range(2):
-            data = np.full((5, 6, 7), index * 10 + (label == "b"), dtype=np.int16)
+            data = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7) * (index + 1)
             _save(root / label / f"v{index}.nii.gz", data)
     code = main(["convert", str(root), str(tmp_path / "out"), "--axis", "coronal",
                  "--slices", "2", "--salt-file", str(tmp_path / "salt"), "--workers", "1",

@@ -103,6 +103,11 @@ def _medical_flags(parser):
                        help="decoding processes (default: all CPUs; 1 = no pool)")
     group.add_argument("--frames", choices=("first", "middle", "all"), default=None,
                        help="DICOM multi-frame files: which frames become images (default first)")
+    group.add_argument(
+        "--dicom-decoder", choices=("pydicom", "tfio"), default=None,
+        help="DICOM pixel decoder: pydicom (default) or tfio (tensorflow-io; loads only "
+        "with TensorFlow 2.16; files it cannot decode exactly fall back to pydicom)",
+    )
     group = parser.add_argument_group("NIfTI sources (also: the DICOM and NIfTI flags above)")
     group.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None,
                        help="slice axis of the RAS+ volume (default axial)")

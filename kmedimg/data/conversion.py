@@ -30,7 +30,7 @@ FORMAT_OPTIONS = {
     "tfds": {"tfds_data_dir": "data_dir", "tfds_download": "download",
              "image_key": "image_key", "label_key": "label_key"},
     "synthetic": {"opacity_fraction": "opacity_fraction"},
-    "dicom": {**_MEDICAL_OPTIONS, "frames": "frames"},
+    "dicom": {**_MEDICAL_OPTIONS, "frames": "frames", "dicom_decoder": "decoder"},
     "nifti": {**_MEDICAL_OPTIONS, "axis": "axis", "slices": "slices"},
 }
 
@@ -205,6 +205,9 @@ def convert_source(spec, out_dir, *, format=None, options=None, channels=None,
                        "source_options": dict(kwargs)}
     if command is None:
         conversion_args.pop("command")
+    redact = getattr(source.source, "redact_conversion_args", None)
+    if redact is not None:  # DICOM/NIfTI: paths may hold PHI
+        conversion_args = redact(conversion_args)
     try:
         manifest = write_dataset(
             source, out_dir, progress=bar, conversion_args=conversion_args,

@@ -13,6 +13,8 @@ each becomes one item per chosen frame or one `Rejected` line with the reason:
 - `no Pixel Data`, `truncated Pixel Data`, `cannot decode Pixel Data`,
   `unsupported transfer syntax` (no installed decoder), `unsupported photometric
   interpretation`, `bit depth`, `no label`, `no window in file`.
+- `constant image`: a frame whose stored pixels are all equal (a blank image must
+  not be trained on under a label); only that frame is rejected.
 
 Pixel handling is documented in `kmedimg.data.sources.dicom_pixels` (modality
 rescale to real units, MONOCHROME1 inversion, YBR/palette -> RGB, windows and presets,
@@ -23,7 +25,12 @@ Privacy (see `kmedimg.data.sources.privacy`): records carry a salted hash of
 PatientID, never names, IDs, dates, accession numbers, institutions or free text;
 record ids, `Item.source` and rejected.csv use salted hashes of the relative path
 unless `keep_filenames=True`; error reasons are scrubbed of paths and of the file's
-text values.
+text values, and echo a code value (photometric interpretation, modality, transfer
+syntax, SOP class) only when the standard defines it (`dicom_objects.describe_code`).
+
+Pixels are decoded by pydicom, or with `decoder="tfio"` (`--dicom-decoder tfio`) by
+tensorflow-io where it loads (`kmedimg.data.sources.dicom_tfio`); a file tfio cannot
+decode exactly falls back to pydicom, noted as `tfio_fallback` in its items.
 
 Walking the tree, labels, privacy of names and decoding in `workers` processes (an
 ordered, bounded map, so the output is identical for any worker count) are shared
@@ -34,10 +41,12 @@ import os
 
 import numpy as np
 
-from kmedimg.data.sources import dicom_pixels, privacy
-from kmedimg.data.sources.base import Item
+from kmedimg.data.sources import dicom_pixels, dicom_tfio, privacy
+from kmedimg.data.sources.base import Item, Rejected
 from kmedimg.data.sources.dicom_objects import (
+    MODALITIES,
     check_transfer_syntax,
+    describe_code,
     object_problem,
     phi_values,
     pixel_problem,
@@ -47,6 +56,7 @@ from kmedimg.data.sources.file_tree import (
     FileTreeSource,
     item_name,
     no_label_reason,
+    printable,
     reject,
     walk_files,
 )
@@ -63,9 +73,20 @@ def _frame_indices(count, frames):
     return [0] if frames == "first" else [count // 2]
 
 
-def _decode(ds, indices, count):
+def _decode(ds, indices, count, path, decoder, facts):
+    """The chosen frames: by tensorflow-io when asked and exact, else by pydicom."""
     from pydicom.pixels import iter_pixels, pixel_array
 
+    facts["decoder"] = "pydicom"
+    if decoder == "tfio":
+        try:
+            frames = dicom_tfio.decode_frames(path, ds, indices)
+            facts["decoder"] = "tfio"
+            return frames
+        except dicom_tfio.TfioDecodeError as error:  # our own text: no file values
+            facts["tfio_fallback"] = f"refused: {error}"
+        except RuntimeError:  # DCMTK's message may quote the file: not kept
+            facts["tfio_fallback"] = "tfio (DCMTK) cannot decode the file"
     if len(indices) == count and count > 1:
         return [np.asarray(frame) for frame in iter_pixels(ds)]
     return [np.asarray(pixel_array(ds, index=index if count > 1 else None)) for index in indices]
@@ -102,7 +123,7 @@ def convert_file(job):
                 )
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}")
         try:
-            return _convert_dataset(ds, has_preamble, relative, options, rejected)
+            return _convert_dataset(ds, has_preamble, path, relative, options, rejected)
         except Exception as error:  # noqa: BLE001 - a damaged file must not stop the run
             return rejected(f"unreadable DICOM: {type(error).__name__}: {error}", ds)
 
@@ -130,12 +151,12 @@ def _patient_key(ds, salt, relative, facts):
     return privacy.salted_hash(salt, "file", relative)
 
 
-def _convert_dataset(ds, has_preamble, relative, options, rejected):
+def _convert_dataset(ds, has_preamble, path, relative, options, rejected):
     from pydicom.pixels.utils import get_nr_frames
     from pydicom.uid import UID
 
     facts = {"forced_read": not has_preamble}
-    problem = object_problem(ds, has_preamble)
+    problem = object_problem(ds, has_preamble, options["salt"])
     if problem:
         return rejected(problem)
     labels = options["labels"].lookup(
@@ -147,17 +168,17 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
     )
     if labels is None:
         return rejected(no_label_reason(options["labels"]))
-    transfer_syntax, problem = check_transfer_syntax(ds, facts)
+    transfer_syntax, problem = check_transfer_syntax(ds, facts, options["salt"])
     if problem:
         return rejected(problem)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
-    problem = pixel_problem(ds, photometric, options["window"])
+    problem = pixel_problem(ds, photometric, options["window"], options["salt"])
     if problem:
         return rejected(problem)
     count = get_nr_frames(ds, warn=False)
     indices = _frame_indices(count, options["frames"])
     try:
-        decoded = _decode(ds, indices, count)
+        decoded = _decode(ds, indices, count, path, options["decoder"], facts)
     except Exception as error:  # noqa: BLE001 - decoders raise many types
         text = str(error)
         if "less than expected" in text or "truncated" in text.lower():
@@ -170,7 +191,7 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
     patient = _patient_key(ds, options["salt"], relative, facts)
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     facts.update(
-        modality=str(ds.get("Modality", "") or ""),
+        modality=describe_code(ds.get("Modality", ""), MODALITIES, options["salt"]),
         sop_class=uid_name(sop_class) if sop_class else "",
         photometric=photometric,
         transfer_syntax=UID(transfer_syntax).name,
@@ -182,9 +203,20 @@ def _convert_dataset(ds, has_preamble, relative, options, rejected):
 
 def _frame_items(ds, frames, count, photometric, labels, patient, relative, options,
                  facts, rejected):
-    """One `Item` per decoded frame (or one rejection for the file)."""
+    """One `Item` per decoded frame (or one rejection for the file); a constant frame
+    (a blank image: nothing to learn, whatever its label) is rejected alone."""
     results = []
     for index, frame in frames:
+        identifier = privacy.salted_hash(options["salt"], "record", relative, index)
+        if options["keep_filenames"]:
+            shown = printable(relative)
+            source = shown if count == 1 else f"{shown}#frame{index}"
+        else:
+            source = identifier
+        if frame.size and frame.min() == frame.max():
+            reason = f"constant image: every stored pixel is {frame.flat[0].item()}"
+            results.append(Rejected(source, reason))
+            continue
         try:
             if photometric.startswith("MONOCHROME"):
                 if frame.ndim != 2:
@@ -202,11 +234,6 @@ def _frame_items(ds, frames, count, photometric, labels, patient, relative, opti
         if options["dtype"] == "uint16" and pixels.dtype == np.uint8:
             pixels = pixels.astype(np.uint16) * 257
             frame_facts["promoted_uint8_by"] = 257
-        identifier = privacy.salted_hash(options["salt"], "record", relative, index)
-        if options["keep_filenames"]:
-            source = relative if count == 1 else f"{relative}#frame{index}"
-        else:
-            source = identifier
         results.append(
             Item(
                 source=source,
@@ -255,6 +282,10 @@ class DicomSource(FileTreeSource):
         workers: decoding processes; None/0 = all CPUs, 1 = in this process.
             Defaults to `None`.
         prefetch: files in flight per worker (bounds memory). Defaults to `4`.
+        decoder: `"pydicom"` or `"tfio"` (tensorflow-io's DCMTK decoder; loads only
+            with TensorFlow 2.16, refused here otherwise; files it cannot decode
+            exactly fall back to pydicom, noted as `tfio_fallback` in the item's
+            metadata; see `kmedimg.data.sources.dicom_tfio`). Defaults to `"pydicom"`.
 
     Example:
 
@@ -287,7 +318,20 @@ class DicomSource(FileTreeSource):
         keep_filenames=False,
         workers=None,
         prefetch=4,
+        decoder="pydicom",
     ):
+        if decoder not in dicom_tfio.DECODERS:
+            raise ValueError(
+                f"`decoder` must be one of {dicom_tfio.DECODERS}. Received: decoder={decoder!r}"
+            )
+        if decoder == "tfio":
+            try:  # refused here, before any file is read or written
+                dicom_tfio.load_tfio()
+            except ImportError as error:
+                raise ValueError(
+                    f"decoder='tfio' (--dicom-decoder tfio) is not available: {error}"
+                ) from None
+        self.decoder = decoder
         if frames not in FRAME_CHOICES:
             raise ValueError(
                 f"`frames` must be one of {FRAME_CHOICES}. Received: frames={frames!r}"
@@ -327,11 +371,18 @@ class DicomSource(FileTreeSource):
             "offset": self.offset,
             "scale": self.scale,
             "dtype": self.dtype,
+            "decoder": self.decoder,
         }
 
     def _count_item(self, item):
         stats, meta = self._stats, item.metadata
-        stats[f"modality:{meta.get('modality') or 'unknown'}"] += 1
+        modality = meta.get("modality") or "unknown"
+        if modality.startswith("not a defined term"):
+            modality = "not a defined term"  # one count, not one per value hash
+        stats[f"modality:{'unknown' if modality == 'missing' else modality}"] += 1
+        if self.decoder != "pydicom":
+            stats[f"decoder:{meta.get('decoder')}"] += 1
+            stats["tfio_fallback"] += bool(meta.get("tfio_fallback"))
         for flag in ("forced_read", "transfer_syntax_inferred", "inverted"):
             if meta.get(flag):
                 stats[flag] += 1
@@ -362,6 +413,7 @@ class DicomSource(FileTreeSource):
             },
             "privacy": self._describe_privacy(
                 "salted sha256 of PatientID (else StudyInstanceUID, else file)"),
+            "decoder": self.decoder,
             "workers": self.workers,
             "stats": dict(sorted(self._stats.items())),
         }

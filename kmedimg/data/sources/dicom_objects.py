@@ -6,7 +6,17 @@ no Pixel Data, no available decoder for its transfer syntax (a missing one is
 inferred from the encoding pydicom detected), an unsupported photometric
 interpretation or bit depth. `phi_values` lists the text values that may be PHI,
 which are masked in any rejection reason.
+
+A code value read from a file (Photometric Interpretation, Modality, a transfer
+syntax or SOP class UID) reaches a reason, a record or the manifest only when it is a
+term the standard defines (`PHOTOMETRIC_TERMS`, `MODALITIES`, pydicom's UID
+dictionary); any other value is described by its kind and a salted hash
+(`describe_code`), since a malformed export may hold a name or an ID there.
 """
+
+import re
+
+from kmedimg.data.sources import privacy
 
 #: SOP Class UID prefixes of objects that are not images to classify.
 NON_IMAGE_SOP_PREFIXES = (
@@ -31,8 +41,58 @@ PHOTOMETRICS = (
     "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
     "PALETTE COLOR",
 )
+#: Every Photometric Interpretation the standard defines (PS3.3 C.7.6.3.1.2), also
+#: the retired ones: values that may be echoed in a reason.
+PHOTOMETRIC_TERMS = PHOTOMETRICS + (
+    "YBR_PARTIAL_422", "YBR_PARTIAL_420", "HSV", "ARGB", "CMYK", "XYB",
+)
+#: Modality defined terms (PS3.3 C.7.3.1.1.1, current and retired).
+MODALITIES = frozenset("""
+    ANN AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DMS DG DOC DX ECG EEG EMG EOG EPS ES
+    FID GM HC HD IO IOL IVOCT IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV
+    OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN
+    RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA
+    XAPROTOCOL XC
+    AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF
+""".split())
 #: Value representations whose values may be PHI; masked in any error reason.
 PHI_VRS = ("PN", "DA", "DT", "TM", "LO", "SH", "LT", "ST", "UT", "AS", "UC", "UR", "AE")
+_VALID = {"CS": re.compile(r"[A-Z0-9_ ]{0,16}"), "UI": re.compile(r"[0-9.]{0,64}")}
+
+
+def describe_code(value, known, salt):
+    """`value` when it is in `known`, else what it is without saying it.
+
+    Args:
+        value: a code read from a file (str).
+        known: the values that may be echoed (a container).
+        salt: the salt of the value's hash (bytes).
+
+    Returns:
+        `value`, `"missing"`, or e.g. `"not a defined term (text of 18 characters,
+        value hash 1a2b3c4d5e6f7a8b)"`; the hash lets files with the same value be
+        grouped by whoever holds the salt and the file.
+    """
+    value = str(value or "").strip()
+    if not value:
+        return "missing"
+    if value in known:
+        return value
+    if _VALID["UI"].fullmatch(value):
+        kind = f"a UID of {len(value)} characters"
+    else:
+        kind = f"text of {len(value)} characters"
+    return f"not a defined term ({kind}, value hash {privacy.salted_hash(salt, 'code', value)})"
+
+
+def describe_uid(uid, salt):
+    """A UID's name and value when pydicom knows it, else `describe_code`'s text."""
+    from pydicom.uid import UID_dictionary
+
+    uid = str(uid or "").strip()
+    if uid in UID_dictionary:
+        return f"{UID_dictionary[uid][0]} ({uid})"
+    return describe_code(uid, (), salt).replace("not a defined term", "not a known UID")
 
 
 def is_non_image(sop_class):
@@ -57,11 +117,14 @@ def phi_values(ds):
     values = []
     try:
         for element in ds.iterall():
-            if element.VR not in PHI_VRS or element.value in (None, ""):
+            if element.VR not in PHI_VRS + tuple(_VALID) or element.value in (None, ""):
                 continue
             value = element.value
             items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
             for item in items:
+                # A CS/UI value outside its character set is free text: mask it too.
+                if element.VR in _VALID and _VALID[element.VR].fullmatch(str(item).strip()):
+                    continue
                 values.append(str(item))
                 if element.VR == "PN":
                     values.extend(part for part in str(item).replace("=", "^").split("^") if part)
@@ -87,8 +150,8 @@ def infer_transfer_syntax(ds):
     return True
 
 
-def object_problem(ds, has_preamble):
-    """Why the dataset is not an image to convert, or None."""
+def object_problem(ds, has_preamble, salt):
+    """Why the dataset is not an image to convert, or None (`salt`: of value hashes)."""
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     media_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta else ""
@@ -100,7 +163,7 @@ def object_problem(ds, has_preamble):
         )
     for uid in (sop_class, media_class):
         if uid and is_non_image(uid):
-            return f"non-image object: {uid_name(uid)} ({uid})"
+            return f"non-image object: {describe_uid(uid, salt)}"
     if not has_pixels:
         kind = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         if kind:
@@ -112,10 +175,10 @@ def object_problem(ds, has_preamble):
     return None
 
 
-def check_transfer_syntax(ds, facts):
+def check_transfer_syntax(ds, facts, salt):
     """`(transfer syntax UID, None)` with an available decoder, or `(None, reason)`."""
     from pydicom.pixels.decoders.base import get_decoder
-    from pydicom.uid import UID
+    from pydicom.uid import UID, UID_dictionary
 
     meta = getattr(ds, "file_meta", None)
     transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta else ""
@@ -124,12 +187,17 @@ def check_transfer_syntax(ds, facts):
             return None, "unsupported transfer syntax: missing, and cannot be inferred"
         facts["transfer_syntax_inferred"] = True
         transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+    if transfer_syntax not in UID_dictionary:
+        return None, (
+            f"unsupported transfer syntax: {describe_uid(transfer_syntax, salt)} has no "
+            "pixel data decoder"
+        )
     try:
         decoder = get_decoder(UID(transfer_syntax))
     except NotImplementedError:
         return None, (
-            f"unsupported transfer syntax: {UID(transfer_syntax).name} ({transfer_syntax}) "
-            "has no pixel data decoder"
+            f"unsupported transfer syntax: {describe_uid(transfer_syntax, salt)} has no "
+            "pixel data decoder"
         )
     if not decoder.is_available:
         return None, (
@@ -139,11 +207,12 @@ def check_transfer_syntax(ds, facts):
     return transfer_syntax, None
 
 
-def pixel_problem(ds, photometric, window):
+def pixel_problem(ds, photometric, window, salt):
     """Why the pixels cannot be stored (photometric, bit depth), or None."""
     if photometric not in PHOTOMETRICS:
         return (
-            f"unsupported photometric interpretation: {photometric or 'missing'}; "
+            "unsupported photometric interpretation: "
+            f"{describe_code(photometric, PHOTOMETRIC_TERMS, salt)}; "
             f"supported {list(PHOTOMETRICS)}"
         )
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0)

@@ -118,8 +118,9 @@ def apply_window(values, center, width, function="LINEAR"):
         if width <= 0:
             raise PixelError(f"window: {function} window width must be > 0, got {width}")
     else:
-        raise PixelError(
-            f"window: unsupported VOI LUT Function {function!r}; supported {list(VOI_FUNCTIONS)}"
+        raise PixelError(  # a value outside the defined terms may be free text: not echoed
+            f"window: unsupported VOI LUT Function (not a defined term, {len(function)} "
+            f"characters); supported {list(VOI_FUNCTIONS)}"
         )
     if function == "SIGMOID":
         out = 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))

@@ -11,8 +11,10 @@ TensorFlow 2.16. Measured on Linux x86-64, Python 3.11:
   `NotImplementedError: unable to open file: libtensorflow_io.so ... undefined symbol:
   _ZNK10tensorflow4data11DatasetBase8Finalize...`.
 
-So this decoder is offered where it loads (TensorFlow 2.16.x) and refused with a clear
-error elsewhere. What DCMTK returns is a rendering, not pydicom's `pixel_array`:
+So this decoder is offered where it loads (TensorFlow 2.16.x) as
+`DicomSource(decoder="tfio")` / `kmedimg convert --dicom-decoder tfio`, and refused
+with a clear error elsewhere, when the source is created (before any file is read).
+What DCMTK returns is a rendering, not pydicom's `pixel_array`:
 
 - signed data (Pixel Representation 1) comes out shifted by `2**(BitsStored - 1)`;
   `decode_frames` shifts it back and returns pydicom's signed dtype;

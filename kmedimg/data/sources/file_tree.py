@@ -11,7 +11,9 @@ is shared and lives here:
   reasons for files without one.
 - Privacy (`privacy`): item names, record ids and rejected.csv use salted hashes of
   the relative path unless `keep_filenames=True`; rejection reasons are scrubbed of
-  the file's path and name; the salt must live outside the dataset.
+  the file's path and name; the salt must live outside the dataset; the paths a
+  conversion was called with (SRC, the labels CSV, the salt file) reach the manifest
+  only as salted hashes (`redact_conversion_args`).
 - Decoding in `workers` processes through an ordered, bounded map, so the output is
   identical for any worker count; a file whose worker dies becomes one `Rejected`.
 
@@ -60,11 +62,16 @@ def walk_files(root, limit=None):
     return found
 
 
+def printable(relative):
+    """`relative` as storable text: bytes of a non-UTF-8 name written as `\\xff`."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def item_name(options, relative):
     """What an item or rejection of the file `relative` is called: its relative path
     with `keep_filenames`, else a salted hash of it (file names may hold PHI)."""
     if options["keep_filenames"]:
-        return relative
+        return printable(relative)
     return privacy.salted_hash(options["salt"], "file", relative)
 
 
@@ -183,6 +190,33 @@ class FileTreeSource:
                 else:
                     stats["rejected_files"] += 1
                 yield entry
+
+    def redact_conversion_args(self, args):
+        """The conversion's arguments as the manifest may keep them (called by the writer).
+
+        Hospital exports name folders after patients (`export_DOE_JOHN_MRN998877/`), so
+        unless `keep_filenames` is set, `src` and the path options become None and a
+        salted hash of each is kept as `<name>_hash` (same salt, same path -> same hash).
+
+        Args:
+            args: dict with `src` and `source_options`, as `convert_source` builds it.
+
+        Returns:
+            a new dict.
+        """
+        if self.keep_filenames:
+            return args
+        args = dict(args)
+        options = dict(args.get("source_options") or {})
+        for holder, key in ((args, "src"), (options, "labels"), (options, "salt_file")):
+            value = holder.get(key)
+            if value is None or (key == "labels" and value == "folders"):
+                continue
+            holder[key] = None
+            holder[f"{key}_hash"] = privacy.salted_hash(self._salt, key, os.fspath(value))
+        if "source_options" in args:
+            args["source_options"] = options
+        return args
 
     def _describe_privacy(self, patient_rule):
         return {

@@ -3,8 +3,12 @@
 Every regular file under the root is an input. `.nii`, `.nii.gz` and NIfTI pair
 headers (`.hdr`, `.hdr.gz`, whose `.img` data file is read with it and is not a
 separate input) are volumes; anything else is rejected as `not a NIfTI file`.
-Analyze 7.5 headers (no orientation), CIFTI-2 files and headers whose data file is
-missing are rejected with the reason.
+Analyze 7.5 headers (no orientation), CIFTI-2 files, headers whose data file is
+missing, volumes whose header declares more than `max_voxels` voxels (refused
+before reading: a tiny `.nii.gz` can expand to gigabytes), and volumes whose voxels
+are all NaN/inf or all equal are rejected with the reason; so is each chosen slice
+that is all NaN/inf (`non-finite slice`) or constant (`constant slice`): an image
+with nothing in it must not be trained on under a label.
 
 The documented transforms, per volume:
 
@@ -44,11 +48,12 @@ import os
 import numpy as np
 
 from kmedimg.data.sources import dicom_pixels, privacy
-from kmedimg.data.sources.base import Item
+from kmedimg.data.sources.base import Item, Rejected
 from kmedimg.data.sources.file_tree import (
     FileTreeSource,
     item_name,
     no_label_reason,
+    printable,
     reject,
     walk_files,
 )
@@ -58,6 +63,8 @@ AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz")
 PAIR_DATA_SUFFIXES = {".hdr": ".img", ".hdr.gz": ".img.gz"}
 UINT16_MAX = 65535
+#: Voxels of one 3D volume above which a file is refused from its header (512**3).
+DEFAULT_MAX_VOXELS = 2**27
 
 
 def _suffix(name):
@@ -121,11 +128,22 @@ def volume_intensity(volume, window, offset, scale, header_range=None):
     Returns:
         `(volume, to_image, facts)`: the volume with non-finite voxels replaced by its
         finite minimum, a function slice -> stored array, and the facts to record.
+
+    Raises:
+        PixelError: every voxel is NaN/inf, or all voxels are equal.
     """
     finite = np.isfinite(volume)
     non_finite = int(volume.size - np.count_nonzero(finite))
+    if non_finite == volume.size:
+        raise dicom_pixels.PixelError(
+            f"non-finite volume: all {volume.size} voxels are NaN or infinite"
+        )
     if non_finite:
-        volume = np.where(finite, volume, float(volume[finite].min()) if finite.any() else 0.0)
+        volume = np.where(finite, volume, float(volume[finite].min()))
+    if volume.min() == volume.max():
+        raise dicom_pixels.PixelError(
+            f"constant volume: every voxel is {float(volume.flat[0]):g} (no image to learn from)"
+        )
     facts = {"non_finite_voxels": non_finite}
     if window is not None:
         if window == "file":
@@ -158,7 +176,20 @@ def volume_intensity(volume, window, offset, scale, header_range=None):
     return volume, functools.partial(_min_max, minimum=minimum, step=step), facts
 
 
-def _load_canonical(path):
+def _check_size(shape, max_voxels):
+    """Refuses a volume whose header's 3D shape exceeds `max_voxels` (before any read)."""
+    shape3 = [int(n) for n in shape[:3]]
+    voxels = int(np.prod(shape3, dtype=np.int64))
+    if voxels > max_voxels:
+        raise dicom_pixels.PixelError(
+            f"volume too large: {' x '.join(map(str, shape3))} = {voxels:,} voxels in the "
+            f"header ({voxels * 8 / 2**30:.1f} GiB as float64) exceed max_voxels="
+            f"{max_voxels:,} (a small compressed file declaring this is a decompression "
+            "bomb); raise NiftiSource(max_voxels=...) only with the memory for it"
+        )
+
+
+def _load_canonical(path, max_voxels):
     """(canonical 3D float64 array, facts, header cal range) or raises PixelError."""
     import nibabel as nib
 
@@ -178,6 +209,7 @@ def _load_canonical(path):
     if dtype.kind not in "uif" or dtype.fields is not None:
         raise dicom_pixels.PixelError(f"unsupported data type: {dtype} (complex/RGB volumes)")
     facts = {"shape": list(image.shape), "data_dtype": str(dtype)}
+    _check_size(image.shape, max_voxels)
     if len(image.shape) > 3:
         volumes = int(np.prod(image.shape[3:]))
         if volumes > 1:
@@ -202,6 +234,17 @@ def _load_canonical(path):
     return data, facts, cal
 
 
+def _slice_problem(volume, finite, axis, index):
+    """Why slice `index` is no image (all NaN/inf, or constant), or None."""
+    mask = np.take(finite, index, axis=axis)
+    if not mask.any():
+        return f"non-finite slice: all {mask.size} voxels are NaN or infinite"
+    values = np.take(volume, index, axis=axis)[mask]
+    if values.min() == values.max():
+        return f"constant slice: every voxel is {float(values[0]):g} (no image to learn from)"
+    return None
+
+
 def convert_volume(job):
     """Worker: one file -> list of `Item`/`Rejected`. `job` = (path, relative, options)."""
     path, relative, options = job
@@ -216,7 +259,8 @@ def convert_volume(job):
         return reject(name, no_label_reason(options["labels"]), masks)
     with privacy.silenced("nibabel"):
         try:
-            volume, facts, cal = _load_canonical(path)
+            volume, facts, cal = _load_canonical(path, options["max_voxels"])
+            finite = np.isfinite(volume)
             volume, to_image, intensity = volume_intensity(
                 volume, options["window"], options["offset"], options["scale"], cal
             )
@@ -227,9 +271,14 @@ def convert_volume(job):
     patient = privacy.salted_hash(salt, "volume", relative)
     results = []
     for index in indices:
-        pixels = to_image(slice_image(volume, axis, index))
         identifier = privacy.salted_hash(salt, "record", relative, axis, index)
-        source = f"{relative}#{axis}:{index}" if options["keep_filenames"] else identifier
+        source = (f"{printable(relative)}#{axis}:{index}" if options["keep_filenames"]
+                  else identifier)
+        problem = _slice_problem(volume, finite, axis, index)
+        if problem:
+            results.append(Rejected(source, problem))
+            continue
+        pixels = to_image(slice_image(volume, axis, index))
         results.append(
             Item(
                 source=source,
@@ -272,6 +321,10 @@ class NiftiSource(FileTreeSource):
             Defaults to `False`.
         workers: decoding processes; None/0 = all CPUs. Defaults to `None`.
         prefetch: files in flight per worker. Defaults to `4`.
+        max_voxels: a volume whose header declares more voxels (of its first 3D
+            volume) is rejected before it is read: decoding holds ~3 float64 copies
+            per worker, and a 0.5 MB `.nii.gz` can declare gigabytes.
+            Defaults to `2**27` (512 x 512 x 512; ~1 GiB as float64).
 
     Example:
 
@@ -300,7 +353,14 @@ class NiftiSource(FileTreeSource):
         keep_filenames=False,
         workers=None,
         prefetch=4,
+        max_voxels=DEFAULT_MAX_VOXELS,
     ):
+        if not isinstance(max_voxels, int) or isinstance(max_voxels, bool) or max_voxels < 1:
+            raise ValueError(
+                "`max_voxels` must be a positive int (voxels of one 3D volume). "
+                f"Received: max_voxels={max_voxels!r}"
+            )
+        self.max_voxels = max_voxels
         self.axis = check_axis(axis)
         self.slices = check_slices(slices)
         self.window = dicom_pixels.parse_window(window)
@@ -351,6 +411,7 @@ class NiftiSource(FileTreeSource):
             "window": self.window,
             "offset": self.offset,
             "scale": self.scale,
+            "max_voxels": self.max_voxels,
         }
 
     def _start_pass(self):
@@ -383,6 +444,7 @@ class NiftiSource(FileTreeSource):
             },
             "privacy": self._describe_privacy("salted sha256 of the volume's relative path"),
             "workers": self.workers,
+            "max_voxels": self.max_voxels,
             "stats": dict(sorted(self._stats.items())),
         }
 

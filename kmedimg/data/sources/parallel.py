@@ -4,12 +4,22 @@ DICOM and NIfTI decoding is CPU-bound Python/C work, so the importers spread fil
 over worker processes. Results come back in input order (the dataset is the same for
 any worker count) and at most `workers * prefetch` files are in flight, so memory
 stays bounded however large the tree is and however slow the consumer (the writer).
+
+Workers die with their parent: each polls its parent process id and exits when the
+parent is gone (a SIGKILLed conversion must not leave decoders holding hundreds of
+MB behind). `PR_SET_PDEATHSIG` is not used: it fires when the forking *thread*
+exits, which need not be the parent's death.
 """
 
 import collections
 import multiprocessing
 import os
 import sys
+import threading
+import time
+
+#: Seconds between a worker's checks that its parent is alive.
+PARENT_POLL_SECONDS = 0.2
 
 
 def default_workers():
@@ -38,12 +48,29 @@ def _start_method():
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
+def _exit_with_parent(parent_pid):
+    """Worker initializer: a daemon thread ends this process once `parent_pid` is gone."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # orphaned: no one will read our results
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _pool(workers, context):
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def _isolated(function, value, context, on_crash):
     """Runs `function(value)` alone in a fresh process; `on_crash(value)` if it dies."""
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with _pool(1, context) as pool:
         try:
             return pool.submit(function, value).result()
         except BrokenProcessPool:
@@ -73,14 +100,13 @@ def ordered_map(function, inputs, workers=1, prefetch=2, on_crash=None):
         for value in inputs:
             yield function(value)
         return
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context(_start_method())
     inputs = iter(inputs)
     pending = collections.deque()  # (value, future)
     limit = workers * prefetch
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = _pool(workers, context)
     exhausted = False
     try:
         while True:
@@ -99,7 +125,7 @@ def ordered_map(function, inputs, workers=1, prefetch=2, on_crash=None):
             except BrokenProcessPool:
                 pool.shutdown(wait=True, cancel_futures=True)
                 result = _isolated(function, value, context, on_crash)
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+                pool = _pool(workers, context)
                 pending = collections.deque(
                     (waiting, pool.submit(function, waiting)) for waiting, _ in pending
                 )

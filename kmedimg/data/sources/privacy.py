@@ -12,7 +12,11 @@ What the medical importers (DICOM, NIfTI) write instead of identifying values:
   file's path relative to the source root (plus the frame/slice index), unless the
   user asks for `keep_filenames` (file names in hospital exports often hold names).
 - Error reasons: the file's path and name and any PHI value read from the file are
-  masked before a reason reaches rejected.csv or a log line (`scrub`).
+  masked before a reason reaches rejected.csv or a log line (`scrub`); code values
+  are echoed only from an allow-list of defined terms, others by kind and hash.
+- The manifest's record of the call (`conversion.args`): SRC, the labels CSV and the
+  salt file's paths are kept as salted hashes (`src_hash`, ...), not as paths.
+- Salt files: text files give their stripped UTF-8 text, binary files their bytes.
 """
 
 import contextlib
@@ -39,8 +43,10 @@ def load_salt(salt=None, salt_file=None):
             when missing. Defaults to `None`, meaning `DEFAULT_SALT_FILE`
             (`~/.kmedimg/patient_salt`, or `$KMEDIMG_SALT_FILE`).
 
+    A text file gives its stripped text (UTF-8); any other file its bytes as they are.
+
     Raises:
-        ValueError: when the salt is empty.
+        ValueError: when the salt is empty or the salt file cannot be read.
     """
     if salt is not None:
         salt = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
@@ -49,16 +55,43 @@ def load_salt(salt=None, salt_file=None):
         return salt
     path = pathlib.Path(salt_file) if salt_file is not None else DEFAULT_SALT_FILE
     if path.exists():
-        text = path.read_text(encoding="utf-8").strip()
-        if not text:
-            raise ValueError(f"salt file {path} is empty. Delete it to generate a new salt.")
-        return text.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return _read_salt_file(path)
     text = secrets.token_hex(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # created meanwhile by a concurrent conversion: use it
+            return _read_salt_file(path)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot create the salt file {str(path)!r}: {error.strerror}. Choose a "
+            f"writable place outside the dataset (--salt-file). Received: "
+            f"salt_file={str(path)!r}"
+        ) from None
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
     return text.encode("utf-8")
+
+
+def _read_salt_file(path):
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(
+            f"Cannot read the salt file {str(path)!r}: {error.strerror}. Give a readable "
+            f"file (--salt-file), or a new path to create one. Received: salt_file={str(path)!r}"
+        ) from None
+    try:
+        salt = data.decode("utf-8").strip().encode("utf-8")
+    except UnicodeDecodeError:
+        salt = data  # a binary salt: every byte counts
+    if not salt:
+        raise ValueError(
+            f"The salt file {str(path)!r} is empty. Delete it to generate a new salt. "
+            f"Received: salt_file={str(path)!r}"
+        )
+    return salt
 
 
 def check_salt_outside(salt_file, out_dir):
@@ -80,7 +113,9 @@ def salted_hash(salt, *parts):
     digest = hashlib.sha256(salt)
     for part in parts:
         digest.update(b"\0")
-        digest.update(part if isinstance(part, bytes) else str(part).encode("utf-8"))
+        # surrogateescape: a non-UTF-8 file name hashes as its raw bytes instead of failing
+        digest.update(part if isinstance(part, bytes)
+                      else str(part).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
