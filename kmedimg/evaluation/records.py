@@ -11,7 +11,7 @@ import tensorflow as tf
 from kmedimg.data import schema
 from kmedimg.data.decoder import RecordDecoder
 from kmedimg.data.parser import RecordParser
-from kmedimg.data.paths import join
+from kmedimg.core.run_directory import join
 from kmedimg.data.pipeline import read_manifest
 
 
