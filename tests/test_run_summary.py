@@ -6,6 +6,7 @@ training did; the operating point is never chosen on the training split by accid
 several classes get their macro ROC AUC.
 """
 
+import csv
 import json
 
 import numpy as np
@@ -93,3 +94,27 @@ def test_several_classes_list_macro_roc_auc():
         f"{result['metrics']['macro_roc_auc']['value']:.3f} [")
     assert rows["accuracy"]["val"]  # argmax is not chosen on val: both columns are real
     assert "macro_roc_auc" in format_table(list(rows.values()), ["metric", "val", "test"])
+
+
+def test_predict_decides_at_the_training_operating_point_unless_asked(trained_run, capsys):
+    root, recipe = trained_run
+    run = root / "run"
+    if not (run / "model.keras").exists():
+        assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 0
+    trained = json.loads((run / "metrics.json").read_text())["operating_point"]
+    # An evaluation at another operating point must not change what predict decides.
+    assert main(["evaluate", str(run), "--no-report", "--threshold-rule", "fixed",
+                 "--target", "0.999"]) == 0
+    capsys.readouterr()
+    data = str(root / "data")
+    cases = [((), trained["values"][0], "metrics.json"),
+             (("--operating-point", "evaluation"), 0.999, "threshold.json")]
+    for flag, expected, source in cases:
+        out = root / f"predictions{len(flag)}.csv"
+        assert main(["predict", str(run), data, "--out", str(out), *flag]) == 0
+        note = capsys.readouterr().err
+        assert f"decisions: threshold {expected:.3f}" in note and source in note
+        rows = list(csv.DictReader(out.open()))
+        assert {row["predicted"] for row in rows} <= {"normal", "opacity"}
+        decided = [row["predicted"] == "opacity" for row in rows]
+        assert decided == [float(row["p_opacity"]) >= expected for row in rows]
