@@ -136,9 +136,11 @@ def _finish(tuner, hypermodel, config, settings, result, stream):
     header = (
         f"# Best of the {settings.tuner} search in {result.project_dir}: trial "
         f"{best.trial_id}, {settings.objective} = {best.score:.4f}\n"
-        f"# Epochs: the recipe file's full length ({full_epochs} in all); the search "
-        f"trained each trial for at most {hypermodel.total_epochs}, so expect a different "
-        "score.\n"
+        f"# Epochs: the recipe file's full length ({full_epochs} in all)"
+        + ("" if hypermodel.total_epochs == full_epochs else
+           f"; the search trained each trial for at most {hypermodel.total_epochs}, so "
+           "expect a different score")
+        + ".\n"
         f"# Train it: kmedimg train {result.best_recipe}\n"
     )
     with open(result.best_recipe, "w") as handle:
