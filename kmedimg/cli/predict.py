@@ -50,7 +50,8 @@ def _run(args):
 
 def _decision_note(threshold, source):
     if not threshold:
-        return "decisions: no operating point stored with the model; 0.5 (argmax for several classes)"
+        return ("decisions: no operating point stored with the model; 0.5 (argmax for "
+                "several classes)")
     if threshold.get("rule") == "argmax":
         return "decisions: the most probable class (argmax)"
     values = ", ".join(f"{value:.3f}" for value in threshold.get("values", []))

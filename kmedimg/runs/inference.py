@@ -111,7 +111,8 @@ def load_model_for_inference(path, data=None, operating_point="training"):
     Returns:
         `(model, info)`; `info` has `task`, `class_names`, `dtype` (of the pixels the
         model expects), `run_dir`, `model_path`, `config`, `threshold` (a dict) and
-        `threshold_source` (which file) when the run has one, `data` and `manifest` when the dataset is reachable,
+        `threshold_source` (which file) when the run has one, `data` and `manifest`
+        when the dataset is reachable,
         else `data_missing`.
 
     Raises:
