@@ -343,3 +343,35 @@ def test_one_chief_two_workers_share_the_trials(phantoms, tmp_path):
     assert "Best trial" in outputs[2]
     chief_rows = _table_trials(outputs[2])
     assert sorted(chief_rows) == sorted(worker_trials[0] | worker_trials[1]), outputs[2]
+
+
+def test_rerun_resumes_the_recipe_named_project_and_best_recipe_has_full_epochs(
+        phantoms, tmp_path, monkeypatch):
+    # No tune.directory and no --project-name: the project is runs/tune/<recipe stem>
+    # under the working directory, the same folder on every run.
+    monkeypatch.chdir(tmp_path)
+    spec = _one_stage(phantoms, None, {"tuner": "random", "max_trials": 1, "seed": 0,
+                                       "isolate_trials": False}, epochs=3)
+    spec["tune"].pop("directory")
+    path = tmp_path / "shortened.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    config = load_config(path)
+    settings = settings_for(config, max_epochs=1)
+    first = run_search(config, settings=settings, recipe_path=str(path))
+    assert first.project_dir == os.path.join("runs/tune", "shortened")
+    assert first.trials_run_here == [first.best_trial_id]
+    trial_metrics = json.loads((pathlib.Path(first.project_dir) / f"trial_{first.best_trial_id}"
+                                / "run0" / "metrics.json").read_text())
+    assert sum(stage["epochs"] for stage in trial_metrics["stages"]) == 1
+
+    text = pathlib.Path(first.best_recipe).read_text()
+    assert "# Epochs: the recipe file's full length (3 in all)" in text
+    assert "at most 1" in text
+    best = load_config(first.best_recipe)
+    assert best.recipe.options.get("epochs", 3) == 3  # not the search's shortened 1
+
+    second = run_search(config, settings=settings, recipe_path=str(path))
+    assert second.project_dir == first.project_dir
+    assert second.trials_run_here == []  # resumed: the finished trial is not trained again
+    assert second.best_trial_id == first.best_trial_id
+    keras.backend.clear_session()

@@ -17,6 +17,8 @@ def add_parser(subparsers):
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--val-split", default=None,
                         help="split the operating point is chosen on (default: the run's, else val)")
+    parser.add_argument("--allow-train-operating-point", action="store_true",
+                        help="let --val-split be the training split (optimistic threshold)")
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation; its effect is reported (default: none)")
     parser.add_argument("--threshold-rule", default=None, choices=CHOSEN_RULES + ("fixed",),
@@ -34,7 +36,8 @@ def _run(args):
     written = evaluate_run(args.run_dir, data=args.data, split=args.split, val_split=args.val_split,
                            tta=args.tta, n_bootstrap=args.bootstrap,
                            threshold_rule=args.threshold_rule, threshold_target=args.target,
-                           batch_size=args.batch_size, report=not args.no_report)
+                           batch_size=args.batch_size, report=not args.no_report,
+                           allow_train_operating_point=args.allow_train_operating_point)
     result = written.pop("evaluation")
     headline = "roc_auc" if result["task"] == "binary" else "macro_roc_auc"
     entry = result["metrics"][headline]

@@ -6,6 +6,7 @@ import time
 from kmedimg.core.run_directory import write_text
 from kmedimg.evaluation.prediction import TTA_MODES
 from kmedimg.evaluation.predictions_csv import predictions_csv
+from kmedimg.runs.inference import OPERATING_POINTS
 from kmedimg.runs.predict import predict_run
 
 
@@ -22,6 +23,9 @@ def add_parser(subparsers):
     parser.add_argument("--split", default="test",
                         help="split to predict when INPUT is a dataset directory (default: test)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument("--operating-point", default="training", choices=OPERATING_POINTS,
+                        help="decide at the threshold chosen on val at training time, or at "
+                             "the last `kmedimg evaluate`'s (default: training)")
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation (default: none)")
     parser.set_defaults(handler=_run)
@@ -30,7 +34,9 @@ def add_parser(subparsers):
 def _run(args):
     start = time.perf_counter()
     table = predict_run(args.model, args.inputs, split=args.split, batch_size=args.batch_size,
-                        tta=args.tta)
+                        tta=args.tta, operating_point=args.operating_point)
+    source = table.pop("threshold_source")
+    print(_decision_note(table["threshold"], source), file=sys.stderr)
     text = predictions_csv(**table)
     if args.out == "-":
         sys.stdout.write(text)
@@ -40,3 +46,14 @@ def _run(args):
     seconds = time.perf_counter() - start
     print(f"{count} predictions -> {args.out} ({count / seconds:.1f} inputs/s)")
     return 0
+
+
+def _decision_note(threshold, source):
+    if not threshold:
+        return ("decisions: no operating point stored with the model; 0.5 (argmax for "
+                "several classes)")
+    if threshold.get("rule") == "argmax":
+        return "decisions: the most probable class (argmax)"
+    values = ", ".join(f"{value:.3f}" for value in threshold.get("values", []))
+    return (f"decisions: threshold {values} ({threshold.get('rule')}, chosen on "
+            f"{threshold.get('chosen_on')}) from {source}")

@@ -1,7 +1,7 @@
 """`kmedimg train RECIPE.yaml [--set key=value ...] [--data DIR] [--out RUN_DIR]`."""
 
 from kmedimg.config import load_config
-from kmedimg.runs.tables import format_table, summary_rows
+from kmedimg.runs.tables import format_table, operating_point_line, summary_rows
 from kmedimg.runs.train import train_and_evaluate
 
 
@@ -30,5 +30,10 @@ def _handle(args):
     result = train_and_evaluate(load_config(args.recipe, overrides), progress=not args.quiet)
     print()
     print(format_table(summary_rows(result.metrics), ["metric", "val", "test"]))
+    line = operating_point_line(result.metrics)
+    if line:
+        print(line)
+    if result.metrics.get("test_note"):
+        print(result.metrics["test_note"])
     print(f"\nrun directory: {result.run_dir}")
     return 0

@@ -20,8 +20,9 @@ def add_parser(subparsers):
         help="search learning rate, dropout, freeze depth (and more) with Keras Tuner",
         description=(
             "Search the hyper-parameters of a recipe file (its `tune:` section) with Keras "
-            "Tuner. Re-running continues an interrupted search; the project directory "
-            "ends with trials.csv, a plot and best_recipe.yaml for `kmedimg train`."
+            "Tuner. The project is DIRECTORY/PROJECT_NAME (runs/tune/<recipe stem>), the same "
+            "on every run, so re-running continues an interrupted search; it ends with "
+            "trials.csv, a plot and best_recipe.yaml (full-length epochs) for `kmedimg train`."
         ),
     )
     parser.add_argument("recipe", help="recipe YAML file")
@@ -33,7 +34,9 @@ def add_parser(subparsers):
                         help="epochs of one complete trial (the recipe's stages are scaled)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the project and start the search afresh")
-    parser.add_argument("--directory", default=None, help="parent directory of tuning projects")
+    parser.add_argument("--directory", default=None,
+                        help="parent directory of tuning projects (default: the file's "
+                             "tune.directory, else runs/tune under the working directory)")
     parser.add_argument("--project-name", default=None,
                         help="project name (default: the recipe file's stem)")
     parser.add_argument("--data", default=None, help="dataset directory (overrides data.path)")

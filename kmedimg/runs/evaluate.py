@@ -36,6 +36,19 @@ from kmedimg.evaluation.report import build_report, select_cases
 from kmedimg.runs.inference import load_model_for_inference
 
 
+def _check_operating_split(val_split, train_split, allow):
+    """Refuses choosing the operating point on the training split unless `allow`."""
+    if val_split == train_split and not allow:
+        raise ValueError(
+            f"The operating point would be chosen on the training split {train_split!r}, "
+            "where the model's probabilities are optimistic; the threshold (and every "
+            "sensitivity/specificity at it) would not hold on new data. Choose it on a held-"
+            "out split: re-convert with --val-fraction (and --test-fraction), or pass "
+            "--allow-train-operating-point to do it anyway. "
+            f"Received: val_split={val_split!r}"
+        )
+
+
 def _check_splits(info, split, val_split, run_dir):
     if info.get("manifest") is None:
         raise ValueError(
@@ -54,7 +67,7 @@ def _check_splits(info, split, val_split, run_dir):
 
 def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n_bootstrap=None,
                  threshold_rule=None, threshold_target=None, batch_size=64, cam_per_group=4,
-                 report=True, seed=None):
+                 report=True, seed=None, allow_train_operating_point=False):
     """Evaluates a run directory's model on a split and writes the results next to it.
 
     Args:
@@ -73,6 +86,8 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
         cam_per_group: Grad-CAM cases per group in the report. Defaults to `4`.
         report: write report.html. Defaults to `True`.
         seed: bootstrap seed. Defaults to `None` (the run's `training.seed`, else 0).
+        allow_train_operating_point: allow `val_split` to be the training split (the
+            operating point is then optimistic). Defaults to `False`.
 
     Returns:
         dict of written paths (`metrics`, `threshold`, `predictions_<split>`, `report`)
@@ -88,6 +103,8 @@ def evaluate_run(run_dir, data=None, split="test", val_split=None, tta="none", n
     config = info.get("config") or {}
     evaluation_config = config.get("evaluation") or {}
     val_split = val_split or (config.get("data") or {}).get("val_split") or "val"
+    _check_operating_split(val_split, (config.get("data") or {}).get("train_split") or "train",
+                           allow_train_operating_point)
     _check_splits(info, split, val_split, run_dir)
     rule = threshold_rule or evaluation_config.get("threshold_rule") or "youden"
     target = (evaluation_config.get("threshold_target") if threshold_target is None

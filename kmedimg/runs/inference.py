@@ -2,7 +2,8 @@
 
 A run directory (written by training) holds `model.keras`, `config.yaml` (with
 `data.path`, whose `dataset.json` gives the task, class names, pixel dtype and DICOM
-conversion) and, after `kmedimg evaluate`, the operating point chosen on validation.
+conversion), `metrics.json` with the operating point chosen on validation at training
+time and, after `kmedimg evaluate`, that evaluation's operating point.
 A bare `.keras` file gives only what the model itself says. Every file of a run is
 read through `RunDirectory` (tf.io.gfile), so runs on `gs://` open like local ones,
 and the stored `data.path` is resolved from any working directory.
@@ -54,23 +55,48 @@ def describe_dataset(data_path):
     return info
 
 
-def _run_facts(run):
-    """Config, operating point and training metrics stored in a run directory."""
+OPERATING_POINTS = ("training", "evaluation")
+"""Where `kmedimg predict` takes its operating point from (see `_run_facts`)."""
+
+
+def _run_facts(run, operating_point="training"):
+    """Config, operating point and training metrics stored in a run directory.
+
+    The operating point is the one training chose on validation (`metrics.json`),
+    so predictions do not change with whichever `kmedimg evaluate` ran last;
+    `operating_point="evaluation"` takes the last evaluation's
+    (`evaluation/threshold.json`) instead. `threshold_source` says which was used.
+    """
+    if operating_point not in OPERATING_POINTS:
+        raise ValueError(f"`operating_point` must be one of {OPERATING_POINTS}. "
+                         f"Received: operating_point={operating_point!r}")
     info = {"config": run.read_config()}
-    threshold = run.read_json(RunDirectory.THRESHOLD)
-    if threshold is not None:
-        info["threshold"] = threshold
     training_metrics = run.read_json(RunDirectory.METRICS)
-    if training_metrics is not None:
-        info["training_metrics"] = training_metrics or {}
-        test = training_metrics.get("test") if isinstance(training_metrics, dict) else None
-        # The training run's test metrics carry the validation-chosen operating point.
-        if "threshold" not in info and isinstance(test, dict) and test.get("threshold"):
-            info["threshold"] = test["threshold"]
+    trained = None
+    if isinstance(training_metrics, dict):
+        info["training_metrics"] = training_metrics
+        test = training_metrics.get("test")
+        # Runs from before `operating_point` carry it in their test metrics.
+        trained = training_metrics.get("operating_point") or (
+            test.get("threshold") if isinstance(test, dict) else None)
+    if operating_point == "training" and trained:
+        info["threshold"] = trained
+        info["threshold_source"] = f"{run.file(RunDirectory.METRICS)} (chosen at training time)"
+        return info
+    evaluated = run.read_json(RunDirectory.THRESHOLD)
+    if evaluated is not None:
+        info["threshold"] = evaluated
+        info["threshold_source"] = f"{run.threshold_path} (the last kmedimg evaluate)"
+    elif operating_point == "evaluation":
+        raise ValueError(
+            f"{run.path} has no {RunDirectory.THRESHOLD}: run `kmedimg evaluate {run.path}` "
+            "first, or use the operating point chosen at training time. "
+            f"Received: operating_point={operating_point!r}"
+        )
     return info
 
 
-def load_model_for_inference(path, data=None):
+def load_model_for_inference(path, data=None, operating_point="training"):
     """Loads a model for prediction and collects what is known about it.
 
     Args:
@@ -78,13 +104,17 @@ def load_model_for_inference(path, data=None):
             or `ram://`.
         data: dataset directory to take the task/classes from instead of the run's
             `config.yaml` `data.path`. Defaults to `None`.
+        operating_point: "training" (the one chosen on validation at training time,
+            in `metrics.json`) or "evaluation" (the last `kmedimg evaluate`'s).
+            Defaults to `"training"`.
 
     Returns:
         `(model, info)`: the model as an `ImageClassifier` (one saved by kmedimg
         0.1.0 is converted with the run's task and pixel type); `info` has `task`,
         `class_names`, `dtype` (of the pixels the model expects), `run_dir`,
-        `model_path`, `config`, `threshold` (a dict, when the run was evaluated),
-        `data` and `manifest` when the dataset is reachable, else `data_missing`.
+        `model_path`, `config`, `threshold` (a dict) and `threshold_source` (which
+        file) when the run has one, `data` and `manifest` when the dataset is
+        reachable, else `data_missing`.
 
     Raises:
         FileNotFoundError: when there is no model at `path`.
@@ -103,7 +133,7 @@ def load_model_for_inference(path, data=None):
         raise ValueError(f"Expected a .keras model file. Received: path={model_path!r}")
     info = {"run_dir": run.path if run else None, "model_path": model_path, "config": {}}
     if run:
-        info.update(_run_facts(run))
+        info.update(_run_facts(run, operating_point))
         stored = (info["config"].get("data") or {}).get("path")
         data = data or run.resolve_data_path(stored)
     if data:

@@ -4,7 +4,8 @@ Inputs are read in their stored intensity range and fed to the model as raw pixe
 exactly as training saw them: image files keep their bit depth, DICOM files go through
 the DICOM importer's pixel rules with the training dataset's window/offset (from its
 manifest), TFRecords through the record decoder. Decisions use the operating point
-chosen on validation by `kmedimg evaluate` (else 0.5 / argmax).
+chosen on validation at training time (or, when asked, by the last `kmedimg
+evaluate`; else 0.5 / argmax); `threshold_source` in the result says which.
 
 Example:
 
@@ -32,7 +33,8 @@ def is_dataset_dir(path):
     return tf.io.gfile.isdir(path) and tf.io.gfile.exists(join(path, schema.MANIFEST_NAME))
 
 
-def predict_run(path, inputs, *, split="test", batch_size=64, tta="none"):
+def predict_run(path, inputs, *, split="test", batch_size=64, tta="none",
+                operating_point="training"):
     """Predicts image files/folders or dataset splits with a run's (or `.keras` file's) model.
 
     Args:
@@ -43,11 +45,14 @@ def predict_run(path, inputs, *, split="test", batch_size=64, tta="none"):
             Defaults to `"test"`.
         batch_size: images per batch. Defaults to `64`.
         tta: "none", "hflip" or "flips". Defaults to `"none"`.
+        operating_point: "training" (chosen on validation at training time) or
+            "evaluation" (the last `kmedimg evaluate`'s). Defaults to `"training"`.
 
     Returns:
         dict with the arguments of `kmedimg.evaluation.predictions_csv.predictions_csv`:
         `ids`, `probs`, `task`, `class_names`, `threshold`, `labels` (None for files),
-        `id_column`.
+        `id_column`; plus `threshold_source` (the file the operating point came from,
+        or `None`), which is not one of them.
     """
     inputs = [os.fspath(item) for item in inputs]
     datasets = [item for item in inputs if is_dataset_dir(item)]
@@ -57,7 +62,7 @@ def predict_run(path, inputs, *, split="test", batch_size=64, tta="none"):
             "Pass either dataset directories or image files/folders, not both. "
             f"Received: datasets={datasets}, files={files}"
         )
-    model, info = load_model_for_inference(path)
+    model, info = load_model_for_inference(path, operating_point=operating_point)
     if datasets:
         all_ids, all_labels, all_probs = [], [], []
         for data_dir in datasets:
@@ -70,9 +75,10 @@ def predict_run(path, inputs, *, split="test", batch_size=64, tta="none"):
             class_names = list(read_manifest(datasets[0]).class_names)
         return {"ids": all_ids, "probs": np.concatenate(all_probs), "task": info["task"],
                 "class_names": class_names, "threshold": info.get("threshold"),
-                "labels": np.concatenate(all_labels), "id_column": "id"}
+                "labels": np.concatenate(all_labels), "id_column": "id",
+                "threshold_source": info.get("threshold_source")}
     paths, probs = predict_files(model, files, info.get("dtype", "auto"), batch_size,
                                  info.get("dicom"), tta)
     return {"ids": list(paths), "probs": probs, "task": info["task"],
             "class_names": info.get("class_names"), "threshold": info.get("threshold"),
-            "labels": None, "id_column": "input"}
+            "labels": None, "id_column": "input", "threshold_source": info.get("threshold_source")}

@@ -2,9 +2,12 @@
 
 import math
 
-SUMMARY_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                   "f1")
-"""The metrics `summary_rows` lists, in order."""
+SUMMARY_METRICS = ("roc_auc", "macro_roc_auc", "pr_auc", "macro_pr_auc", "accuracy",
+                   "balanced_accuracy", "sensitivity", "specificity", "f1", "macro_f1")
+"""The metrics `summary_rows` lists, in order (each only when the run has it)."""
+
+THRESHOLD_FREE = ("roc_auc", "macro_roc_auc", "pr_auc", "macro_pr_auc")
+"""Metrics that do not depend on the operating point."""
 
 
 def format_table(rows, columns):
@@ -46,12 +49,43 @@ def metric_with_interval(result, name):
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
+def _chosen_on_val(result_metrics):
+    point = result_metrics.get("operating_point") or {}
+    return point.get("chosen_on") not in (None, "fixed")
+
+
 def summary_rows(result_metrics):
-    """One row per metric of a run's `metrics.json`: `{"metric", "val", "test"}`."""
+    """One row per metric of a run's `metrics.json`: `{"metric", "val", "test"}`.
+
+    When the operating point was chosen on val, val's threshold-dependent cells are
+    `None` (printed `-`): a threshold is never scored on the data that chose it, and
+    val scored at some other threshold would not be the operating point test uses.
+    """
     rows = []
+    hide_val = _chosen_on_val(result_metrics)
     for name in SUMMARY_METRICS:
-        row = {"metric": name, "val": metric_with_interval(result_metrics.get("val"), name),
+        val = metric_with_interval(result_metrics.get("val"), name)
+        if hide_val and name not in THRESHOLD_FREE:
+            val = None
+        row = {"metric": name, "val": val,
                "test": metric_with_interval(result_metrics.get("test"), name)}
         if row["val"] or row["test"]:
             rows.append(row)
     return rows
+
+
+def operating_point_line(result_metrics):
+    """One sentence saying where the table's decisions come from, or `None`."""
+    point = result_metrics.get("operating_point")
+    if not point:
+        return None
+    if point["rule"] == "argmax":
+        return "decisions: the most probable class (argmax)"
+    values = ", ".join(f"{value:.3f}" for value in point["values"])
+    if point["rule"] == "fixed":
+        return f"operating point: fixed threshold {values} (evaluation.threshold_rule: fixed)"
+    target = "" if point.get("target") is None else f" {point['target']}"
+    where = "applied to test" if result_metrics.get("test") else "no test split to apply it to"
+    return (f"operating point: threshold {values} ({point['rule']}{target}, chosen on "
+            f"{point['chosen_on']}, {point['num_samples']} cases); {where}. val shows only "
+            "threshold-free metrics: a threshold is not scored on the data that chose it.")

@@ -21,7 +21,9 @@ import time
 
 from kmedimg.core.run_directory import RunDirectory
 from kmedimg.evaluation import Threshold, choose_threshold, evaluate_model
-from kmedimg.training import Trainer, split_dataset
+from kmedimg.evaluation.inputs import model_input_spec
+from kmedimg.evaluation.records import records_with_ids
+from kmedimg.training import Trainer
 
 
 def train_and_evaluate(config, progress=True):
@@ -54,8 +56,11 @@ def evaluate_splits(model, config, manifest):
     """Validation and test metrics with bootstrap intervals (`kmedimg.evaluation`).
 
     The binary/multilabel operating point is chosen on the validation split
-    (`evaluation.threshold_rule`) and applied to the test split; validation itself is
-    reported at a fixed 0.5 (a threshold is never scored on the data that chose it).
+    (`evaluation.threshold_rule`), recorded as `operating_point` (what `kmedimg
+    predict` decides with) and applied to the test split. Validation's own
+    threshold-dependent metrics are computed at a fixed 0.5 and recorded as such; the
+    summary table (`kmedimg.runs.tables.summary_rows`) shows only its threshold-free
+    ones, since a threshold is never scored on the data that chose it.
 
     Args:
         model: the trained classifier.
@@ -63,8 +68,8 @@ def evaluate_splits(model, config, manifest):
         manifest: the dataset's `Manifest`.
 
     Returns:
-        `{"val": ..., "test": ...}` (`test` is `None` with a `test_note` when the
-        dataset has no test split).
+        `{"val": ..., "test": ..., "operating_point": Threshold dict}` (`test` is
+        `None` with a `test_note` when the dataset has no test split).
     """
     evaluation = config.evaluation
     task = manifest.task
@@ -72,12 +77,20 @@ def evaluate_splits(model, config, manifest):
     common = dict(class_names=list(manifest.class_names), n_bootstrap=evaluation.bootstrap,
                   confidence=evaluation.confidence, seed=config.training.seed)
     val_split, test_split = config.data.val_split, config.data.test_split
+    height, width, channels = model_input_spec(model)
+
+    def records(split):
+        # The reader `kmedimg evaluate` uses (shards in manifest order): the bootstrap
+        # resamples by position, so the same order gives `evaluate` the same intervals.
+        return records_with_ids(manifest, split, (height, width), channels,
+                                config.data.batch_size)
+
     if task == "multiclass":
         val_threshold = Threshold.argmax()
     else:
         val_threshold = Threshold.fixed(0.5, outputs)
     val_result, predictions = evaluate_model(
-        model, split_dataset(config, manifest, val_split), task, threshold=val_threshold,
+        model, records(val_split), task, threshold=val_threshold,
         split=val_split, return_predictions=True, **common)
     results = {"val": val_result}
     if task == "multiclass":
@@ -90,11 +103,15 @@ def evaluate_splits(model, config, manifest):
         threshold = choose_threshold(
             val.labels, val.probs, evaluation.threshold_rule, task=task,
             target=evaluation.threshold_target, split=val_split)
+    results["operating_point"] = threshold.to_dict()
     if test_split in manifest.splits and manifest.splits[test_split].count:
         results["test"] = evaluate_model(
-            model, split_dataset(config, manifest, test_split), task, threshold=threshold,
+            model, records(test_split), task, threshold=threshold,
             split=test_split, **common)
     else:
         results["test"] = None
-        results["test_note"] = f"no {test_split!r} split in the dataset; only validation reported"
+        results["test_note"] = (
+            f"no {test_split!r} split in the dataset, so the operating point chosen on "
+            f"{val_split!r} is applied to nothing; only threshold-free validation metrics are "
+            "shown. Re-convert with --test-fraction (e.g. 0.2) to get a test split.")
     return results

@@ -7,6 +7,7 @@ import sys
 import yaml
 
 from kmedimg.config import TuneSettings
+from kmedimg.recipes import get_recipe
 from kmedimg.tuning import distributed
 from kmedimg.tuning import results as results_module
 from kmedimg.tuning.hypermodel import ClassifierHyperModel
@@ -127,11 +128,19 @@ def _finish(tuner, hypermodel, config, settings, result, stream):
         result.best_values, result.best_score, result.best_trial_id,
         os.path.join(result.project_dir, results_module.BEST_JSON),
     )
-    best_config = hypermodel.resolved_config(best.hyperparameters)
+    # Trials may run shortened (--max-epochs, Hyperband rungs); the recipe to train is
+    # the winner's values at the recipe file's own full length.
+    full_epochs = get_recipe(config.recipe.name, **config.recipe.options).total_epochs
+    best_config = hypermodel.trial_config(result.best_values, epochs=full_epochs)
     result.best_recipe = os.path.join(result.project_dir, BEST_RECIPE)
     header = (
         f"# Best of the {settings.tuner} search in {result.project_dir}: trial "
         f"{best.trial_id}, {settings.objective} = {best.score:.4f}\n"
+        f"# Epochs: the recipe file's full length ({full_epochs} in all)"
+        + ("" if hypermodel.total_epochs == full_epochs else
+           f"; the search trained each trial for at most {hypermodel.total_epochs}, so "
+           "expect a different score")
+        + ".\n"
         f"# Train it: kmedimg train {result.best_recipe}\n"
     )
     with open(result.best_recipe, "w") as handle:
