@@ -15,7 +15,7 @@ from kmedimg.core.validation import field
 from kmedimg.core.vocabulary import OPTIMIZERS, PIXEL_DTYPES
 from kmedimg.distribute import PRECISION_POLICIES, STRATEGY_KINDS
 from kmedimg.layers.medical_augmentation import FILL_MODES, FLIP_MODES
-from kmedimg.models.classifier import HEADS
+from kmedimg.models.image_classifier import HEADS
 from kmedimg.models.pretrained import GREY_WEIGHTS
 
 LOSSES = ("auto", "crossentropy", "focal")
