@@ -20,8 +20,6 @@ import socket
 
 import tensorflow as tf
 
-# Re-exported only for kmedimg.evaluation.records and kmedimg.runs.predict, which still
-# import it from here; they should import it from kmedimg.core.run_directory.
 from kmedimg.core.run_directory import join
 
 try:

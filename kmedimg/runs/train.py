@@ -20,9 +20,9 @@ import dataclasses
 import time
 
 from kmedimg.core.run_directory import RunDirectory
+from kmedimg.data import load
 from kmedimg.evaluation import Threshold, choose_threshold, evaluate_model
 from kmedimg.evaluation.inputs import model_input_spec
-from kmedimg.evaluation.records import records_with_ids
 from kmedimg.training import Trainer
 
 
@@ -82,8 +82,8 @@ def evaluate_splits(model, config, manifest):
     def records(split):
         # The reader `kmedimg evaluate` uses (shards in manifest order): the bootstrap
         # resamples by position, so the same order gives `evaluate` the same intervals.
-        return records_with_ids(manifest, split, (height, width), channels,
-                                config.data.batch_size)
+        return load(manifest, split, image_size=(height, width), channels=channels,
+                    batch_size=config.data.batch_size, with_ids=True)
 
     if task == "multiclass":
         val_threshold = Threshold.argmax()
