@@ -226,11 +226,8 @@ class Trainer:
         kept_rows = [row for row in rows
                      if row["stage"] != stage.name or row["epoch"] < resume_epoch]
         best_so_far = best_epoch(kept_rows, monitor, mode)
-        callbacks = []
-        if training.backup:
-            callbacks.append(ResumableBackup(self._backup_dir(stage.name)))
-        callbacks.append(HistoryWriter(self.directory.history_path, stage.name,
-                                       self.state.epochs_completed, resume_epoch, rows))
+        callbacks = [HistoryWriter(self.directory.history_path, stage.name,
+                                       self.state.epochs_completed, resume_epoch, rows)]
         callbacks.append(BestCheckpoint(self.model, self.directory.best_weights_path, monitor,
                                         mode, best_so_far and best_so_far["value"]))
         if training.early_stopping_patience is not None:
@@ -246,6 +243,10 @@ class Trainer:
         if training.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(
                 self.directory.logs_dir(stage.name), write_graph=False))
+        if training.backup:
+            # Last: an epoch counts as done once everything above has recorded it (and
+            # a plateau step has lowered the rate the backup saves).
+            callbacks.append(ResumableBackup(self._backup_dir(stage.name)))
         return callbacks
 
     def _stage_inputs(self, index, plan, resume_epoch):

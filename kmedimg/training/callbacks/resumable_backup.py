@@ -21,6 +21,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.random_states_path = join(backup_dir, RANDOM_STATES_NAME)
 
     def on_train_begin(self, logs=None):
+        # Keras keeps the restored epoch on the model (`fit` starts from it) and never
+        # clears it: the next stage's `fit` would skip epochs. Only this backup sets it.
+        self.model._initial_epoch = None
         super().on_train_begin(logs)
         epoch = backup_epoch(self.backup_dir)
         if epoch:

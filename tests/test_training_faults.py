@@ -1,0 +1,123 @@
+"""Training under faults: kills in any stage, disk full, damaged backups, moved runs."""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from kmedimg import training
+from kmedimg.config import config_from_dict
+from kmedimg.core.run_directory import RunDirectory
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from kmedimg.data.synthetic import make_phantom_dataset
+
+    path = tmp_path_factory.mktemp("phantoms")
+    make_phantom_dataset(path, num_images=64, image_size=SIZE, seed=0,
+                         val_fraction=0.25, test_fraction=0.25)
+    return str(path)
+
+
+def _config(data, run_dir, head_epochs=2, finetune_epochs=2, **training_kw):
+    training_section = {"run_dir": str(run_dir), "steps_per_epoch": 2, "tensorboard": False,
+                        "verbose": 0, "seed": 5}
+    training_section.update(training_kw)
+    return config_from_dict({
+        "data": {"path": data, "batch_size": 8},
+        "model": {"backbone": "lenet5", "dropout": 0.3},
+        "recipe": {"name": "two_stage", "head_epochs": head_epochs,
+                   "finetune_epochs": finetune_epochs, "freeze_depth": 1},
+        "training": training_section,
+        "evaluation": {"bootstrap": 0},
+    })
+
+
+def _history(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _weights(path):
+    import h5py
+
+    arrays = []
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.append((name, item[()]))
+                          if isinstance(item, h5py.Dataset) else None)
+    return sorted(arrays, key=lambda pair: pair[0])
+
+
+def _assert_same_weights(expected_path, actual_path):
+    expected, actual = _weights(expected_path), _weights(actual_path)
+    assert [name for name, _ in expected] == [name for name, _ in actual]
+    for (name, want), (_, got) in zip(expected, actual):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _environment():
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep
+                + os.environ.get("PYTHONPATH", ""))
+
+
+def _stage_epochs(rows):
+    return [(row["stage"], row["epoch"], row["global_epoch"]) for row in rows]
+
+
+def test_kill_in_the_first_stage_resumes_every_epoch_of_the_second(phantoms, tmp_path):
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(
+        f"data: {{path: {phantoms}, batch_size: 8}}\n"
+        "model: {backbone: lenet5, dropout: 0.3, augmentation: true}\n"
+        "recipe: {name: two_stage, head_epochs: 4, finetune_epochs: 3, freeze_depth: 1}\n"
+        "training: {steps_per_epoch: 6, seed: 4, tensorboard: false, verbose: 0}\n"
+        "evaluation: {bootstrap: 0}\n"
+    )
+
+    def command(run_dir):
+        return [sys.executable, "-m", "kmedimg", "train", str(recipe_file), "--out",
+                str(run_dir), "--quiet"]
+
+    reference_dir, victim_dir = tmp_path / "reference", tmp_path / "victim"
+    reference = subprocess.Popen(command(reference_dir), env=_environment(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(command(victim_dir), env=_environment(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backup = victim_dir / "backup" / "head_warmup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and victim.poll() is None:
+        if backup.exists():  # the first stage has a backup of at least one epoch
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (victim_dir / "backup" / "finetune").exists()
+
+    resumed = subprocess.run(command(victim_dir), env=_environment(), capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert reference.wait() == 0, reference.stderr.read().decode()[-3000:]
+
+    expected = [("head_warmup", str(e), str(e)) for e in range(4)]
+    expected += [("finetune", str(e), str(4 + e)) for e in range(3)]
+    assert _stage_epochs(_history(reference_dir / "history.csv")) == expected
+    assert _stage_epochs(_history(victim_dir / "history.csv")) == expected
+    metrics = json.loads((victim_dir / "metrics.json").read_text())
+    assert [stage["epochs_run"] for stage in metrics["stages"]] == [4, 3]
+    assert metrics["stages"][0]["resumed_after_epoch"] >= 1
+    assert metrics["stages"][1]["resumed_after_epoch"] == 0
+    _assert_same_weights(reference_dir / "backup/finetune.end.weights.h5",
+                         victim_dir / "backup/finetune.end.weights.h5")
