@@ -121,3 +121,73 @@ def test_kill_in_the_first_stage_resumes_every_epoch_of_the_second(phantoms, tmp
     assert metrics["stages"][1]["resumed_after_epoch"] == 0
     _assert_same_weights(reference_dir / "backup/finetune.end.weights.h5",
                          victim_dir / "backup/finetune.end.weights.h5")
+
+
+def _train(config):
+    return training.Trainer(config, progress=False).fit()
+
+
+def _interrupted_copy(source_dir, target_dir, keep_stages):
+    """A copy of a finished run as a kill after `keep_stages` completed stages leaves it."""
+    shutil.copytree(source_dir, target_dir)
+    directory = RunDirectory(str(target_dir))
+    state = training.ResumeState.load(directory)
+    names = list(state.completed)
+    state.drop_from(names[keep_stages])
+    state.save(directory)
+    for name in ("model.keras", "metrics.json"):
+        (target_dir / name).unlink()
+    rows = [row for row in directory.read_history() if row["stage"] in state.completed]
+    directory.write_history(rows)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def finished_run(phantoms, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = _train(_config(phantoms, run_dir))
+    return run_dir, result
+
+
+def test_lost_best_checkpoint_is_detected_and_named(phantoms, finished_run, tmp_path):
+    run_dir, _ = finished_run
+    victim = _interrupted_copy(run_dir, tmp_path / "victim", keep_stages=1)
+    # The best epoch so far is in stage 1, but the crash came before its checkpoint was
+    # written (disk full): the file is missing.
+    rows = victim.read_history()
+    rows[0]["val_auc"] = 1.0
+    victim.write_history(rows)
+    (tmp_path / "victim" / "checkpoints" / "best.weights.h5").unlink()
+
+    metrics = _train(_config(phantoms, victim.path)).metrics
+
+    assert metrics["best"]["stage"] == "head_warmup" and metrics["best"]["value"] == 1.0
+    assert metrics["evaluated_weights"] == "best_saved"
+    assert metrics["weights_epoch"]["stage"] == "finetune"
+    lost, holds = [note for note in metrics["notes"] if "best.weights.h5" in note]
+    assert "missing" in lost and "'head_warmup' epoch 0" in lost
+    assert "model.keras holds the best saved epoch (stage 'finetune'" in holds
+    assert "not the best epoch by val_auc (stage 'head_warmup' epoch 0" in holds
+    record = json.loads((tmp_path / "victim" / "checkpoints" / "best.json").read_text())
+    assert record["global_epoch"] == metrics["weights_epoch"]["global_epoch"]
+    _assert_model_holds(tmp_path / "victim" / "model.keras",
+                        tmp_path / "victim" / "checkpoints" / "best.weights.h5")
+
+
+def _assert_model_holds(model_path, weights_path):
+    import keras
+
+    model = keras.models.load_model(model_path)
+    reference = keras.models.clone_model(model)
+    reference.load_weights(weights_path)
+    for expected, actual in zip(reference.weights, model.weights):
+        np.testing.assert_array_equal(actual.numpy(), expected.numpy(), err_msg=actual.path)
+
+
+def test_best_checkpoint_record_matches_model(finished_run):
+    run_dir, result = finished_run
+    assert result.metrics["evaluated_weights"] == "best"
+    assert result.metrics["weights_epoch"]["global_epoch"] == result.metrics["best"]["global_epoch"]
+    assert not [note for note in result.metrics["notes"] if "warning" in note]
+    _assert_model_holds(run_dir / "model.keras", run_dir / "checkpoints" / "best.weights.h5")
+    assert not list(run_dir.rglob("*.tmp*"))

@@ -43,12 +43,16 @@ class ResumeState:
         resumed_after_epoch: epochs of `current_stage` restored from its backup when it
             (re)started.
         best: the best epoch of the completed stages (see `best_epoch`), or `None`.
+        manifest_fingerprint: sha256 of the dataset's `dataset.json` when the run
+            started; a resumed run refuses a dataset that changed. `None` for runs
+            written before it was recorded.
     """
 
     completed: dict = dataclasses.field(default_factory=dict)
     current_stage: str = None
     resumed_after_epoch: int = 0
     best: dict = None
+    manifest_fingerprint: str = None
 
     @classmethod
     def load(cls, directory):
@@ -88,3 +92,11 @@ class ResumeState:
         self.current_stage = None
         self.resumed_after_epoch = 0
         self.best = best
+
+    def drop_from(self, stage_name):
+        """Forgets `stage_name` and every later completed stage (to train them again)."""
+        names = list(self.completed)
+        for name in names[names.index(stage_name):]:
+            del self.completed[name]
+        self.current_stage = None
+        self.resumed_after_epoch = 0

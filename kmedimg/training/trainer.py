@@ -23,16 +23,23 @@ from kmedimg.training.datasets import (
     train_dataset,
 )
 from kmedimg.training.feature_cache import compute_features, feature_cache_plan, feature_dataset
-from kmedimg.training.model_state import backup_epoch, load_model_state, save_model_state
+from kmedimg.training.model_state import (
+    backup_epoch, load_model_state, save_model_file, save_model_state,
+)
 from kmedimg.training.resume_state import ResumeState, best_epoch
+from kmedimg.training.run_integrity import (
+    BEST_RECORD, check_same_dataset, damaged_backup, damaged_stage_end, manifest_fingerprint,
+    read_best_checkpoint, remove_stale_temporaries,
+)
 from kmedimg.training.run_result import RunResult
 from kmedimg.training.stage_loop import prepare_stage
 from kmedimg.training.stages import class_weights
 
 logger = logging.getLogger("kmedimg.training")
 
-# Configuration keys that may differ when a run directory is resumed.
-_RESUMABLE_DIFFERENCES = {("training", "verbose")}
+# Configuration keys that may differ when a run directory is resumed (run_dir: a run
+# directory may be moved; it is stored as "." in its own config.yaml).
+_RESUMABLE_DIFFERENCES = {("training", "verbose"), ("training", "run_dir")}
 
 
 class Trainer:
@@ -94,6 +101,7 @@ class Trainer:
         determinism_note = self._seed()
         self._build(determinism_note)
         self.val_dataset = split_dataset(self.config, self.manifest, self.config.data.val_split)
+        self._drop_damaged_stage_ends()
         if self.state.last_completed is not None:
             # Resuming: continue from where the last completed stage ended.
             load_model_state(self.model, self._stage_end_path(self.state.last_completed))
@@ -110,10 +118,20 @@ class Trainer:
         distribute.check_paths_for_tpu(
             self.strategy, data=self.config.data.path, run_dir=self.directory.path)
         self.settings = platform_settings(self.config, self.strategy)
+        removed = remove_stale_temporaries(self.directory)
+        if removed:
+            self._warn(f"removed {len(removed)} temporary file(s) an interrupted write left "
+                       f"in {self.directory.path}: {', '.join(removed)}")
         self.directory.makedirs(RunDirectory.CHECKPOINTS)
         self._check_resumable()
-        self.directory.write_text(RunDirectory.CONFIG, self.config.to_yaml())
+        self.directory.write_text(RunDirectory.CONFIG, _relocatable(self.config).to_yaml())
+        resuming = self.directory.exists(RunDirectory.STATE)
         self.state = ResumeState.load(self.directory)
+        fingerprint = manifest_fingerprint(self.config.data.path)
+        if resuming:
+            check_same_dataset(self.directory, self.state.manifest_fingerprint, fingerprint,
+                               self.config.data.path)
+        self.state.manifest_fingerprint = fingerprint
         self.state.save(self.directory)
 
     def _check_resumable(self):
@@ -136,6 +154,31 @@ class Trainer:
                         f"another `training.run_dir` (--out) or delete {self.directory.path}. "
                         f"Received: {section}.{key}={value!r}"
                     )
+
+    def _warn(self, message):
+        """A note the user must see: printed (or logged) and kept in `metrics.json`."""
+        self.notes.append(message)
+        if self.progress:
+            print(f"[kmedimg] warning: {message}")
+        logger.warning(message)
+
+    def _drop_damaged_stage_ends(self):
+        """Trains a completed stage again when its end weights are damaged."""
+        while self.state.last_completed is not None:
+            name = self.state.last_completed
+            path = self._stage_end_path(name)
+            problem = damaged_stage_end(path)
+            if not problem:
+                return
+            names = [stage.name for stage in self.recipe.stages]
+            self._warn(f"{path} is {problem}; stage {name!r} is trained again from its "
+                       "start (the last good state)")
+            self.state.drop_from(name)
+            self.state.save(self.directory)
+            for later in names[names.index(name):]:
+                self.directory.remove(f"{RunDirectory.BACKUP}/{later}")
+            self.directory.write_history([row for row in self.directory.read_history()
+                                          if row["stage"] in self.state.completed])
 
     def _seed(self):
         """Seeds Keras and (when possible) enables op determinism; returns a note or None."""
@@ -165,11 +208,12 @@ class Trainer:
         if self.settings.jit_compile or self.settings.platform == "tpu":
             # Before any training: name the layers XLA cannot compile.
             distribute.check_layers_for_xla(self.model)
-        self.notes = [weight_note, *self.settings.notes, *self.model.kmedimg_init_notes]
+        notes = [weight_note, *self.settings.notes, *self.model.kmedimg_init_notes]
         if determinism_note:
-            self.notes.append(determinism_note)
-        for note in self.notes:
+            notes.append(determinism_note)
+        for note in notes:
             self.say(f"[kmedimg] {note}")
+        self.notes[:0] = notes
 
     # -- one stage -------------------------------------------------------------------
 
@@ -188,6 +232,11 @@ class Trainer:
                                    steps_per_epoch=self.steps_per_epoch,
                                    task=self.manifest.task, compile_model=train_model)
         backup_dir = self._backup_dir(stage.name)
+        problem = damaged_backup(backup_dir) if self.config.training.backup else None
+        if problem:
+            self._warn(f"{problem}; restarting stage {stage.name!r} from its start (the last "
+                       "good state) instead of resuming it")
+            self.directory.remove(f"{RunDirectory.BACKUP}/{stage.name}")
         resume_epoch = backup_epoch(backup_dir) if self.config.training.backup else 0
         self.state.start_stage(stage.name, resume_epoch)
         self.state.save(self.directory)
@@ -225,11 +274,12 @@ class Trainer:
                         if row["stage"] == stage.name and row["epoch"] < resume_epoch]
         kept_rows = [row for row in rows
                      if row["stage"] != stage.name or row["epoch"] < resume_epoch]
-        best_so_far = best_epoch(kept_rows, monitor, mode)
         callbacks = [HistoryWriter(self.directory.history_path, stage.name,
-                                       self.state.epochs_completed, resume_epoch, rows)]
-        callbacks.append(BestCheckpoint(self.model, self.directory.best_weights_path, monitor,
-                                        mode, best_so_far and best_so_far["value"]))
+                                   self.state.epochs_completed, resume_epoch, rows)]
+        callbacks.append(BestCheckpoint(
+            self.model, self.directory.best_weights_path, monitor, mode,
+            self._best_checkpoint_value(kept_rows), record_path=self.directory.file(BEST_RECORD),
+            stage_name=stage.name, epoch_offset=self.state.epochs_completed))
         if training.early_stopping_patience is not None:
             callbacks.append(ResumableEarlyStopping(
                 earlier_rows, monitor=monitor, mode=mode,
@@ -248,6 +298,20 @@ class Trainer:
             # a plateau step has lowered the rate the backup saves).
             callbacks.append(ResumableBackup(self._backup_dir(stage.name)))
         return callbacks
+
+    def _best_checkpoint_value(self, kept_rows):
+        """The value of the best checkpoint on disk; `None` (with a warning) if it is lost."""
+        history_best = best_epoch(kept_rows, self.config.training.monitor, self.mode)
+        record, problem = read_best_checkpoint(self.directory)
+        if record:
+            return record["value"]
+        if history_best and not getattr(self, "_reported_lost_best", False):
+            self._reported_lost_best = True
+            self._warn(
+                f"{self.directory.best_weights_path}: {problem}; the best epoch so far "
+                f"({_describe(history_best)}) cannot be restored. The best checkpoint "
+                "starts again from the epochs still to run")
+        return None
 
     def _stage_inputs(self, index, plan, resume_epoch):
         """`(training input, validation data)`: records, or cached backbone features."""
@@ -283,17 +347,39 @@ class Trainer:
 
     def _finish(self, started):
         """Restores the best weights, saves `model.keras` and the training summary."""
-        training = self.config.training
         rows = self.directory.read_history()
-        best = best_epoch(rows, training.monitor, self.mode)
-        if training.restore_best and self.directory.exists(RunDirectory.BEST_WEIGHTS):
-            load_model_state(self.model, self.directory.best_weights_path)
-        self.model.save(self.directory.model_path)
+        best = best_epoch(rows, self.config.training.monitor, self.mode)
+        weights = self._restore_best_weights(best)
+        save_model_file(self.model, self.directory.model_path)
         metrics = self.summary(best)
+        metrics.update(weights)
         metrics["wall_time_seconds"] = round(time.time() - started, 2)
         self.directory.write_json(RunDirectory.METRICS, metrics)
         return RunResult(run_dir=self.directory.path, history=rows, metrics=metrics,
                          model_path=self.directory.model_path)
+
+    def _restore_best_weights(self, best):
+        """Loads the best checkpoint (if kept) and says which epoch `model.keras` holds.
+
+        Returns:
+            `{"evaluated_weights": "best" | "best_saved" | "last", "weights_epoch":
+            dict or None}` for `metrics.json`.
+        """
+        if not self.config.training.restore_best or not best:
+            return {"evaluated_weights": "last", "weights_epoch": None}
+        record, problem = read_best_checkpoint(self.directory)
+        if record:
+            load_model_state(self.model, self.directory.best_weights_path)
+            record = {key: value for key, value in record.items() if key != "sha256"}
+        if record and (record["stage"], record["epoch"]) == (best["stage"], best["epoch"]):
+            return {"evaluated_weights": "best", "weights_epoch": record}
+        holds = f"the best saved epoch ({_describe(record)})" if record else "the last epoch"
+        self._warn(
+            f"model.keras holds {holds}, not the best epoch by {best['monitor']} "
+            f"({_describe(best)}): that epoch's checkpoint was lost before the run resumed "
+            f"({self.directory.best_weights_path}: {problem or 'written over'})")
+        return {"evaluated_weights": "best_saved" if record else "last",
+                "weights_epoch": record}
 
     def summary(self, best):
         """The training part of `metrics.json` (no validation/test evaluation)."""
@@ -306,6 +392,7 @@ class Trainer:
             "class_names": list(self.manifest.class_names),
             "best": best,
             "evaluated_weights": "best" if training.restore_best and best else "last",
+            "manifest_fingerprint": self.state.manifest_fingerprint,
             "stages": reports,
             "trainable_params": max((s["trainable_params"] for s in reports), default=0),
             "total_params": int(self.model.count_params()),
@@ -335,6 +422,18 @@ def _stage_report(stage, layout, plan, plan_reason, resume_epoch):
         "cache_note": plan_reason if stage.cache_features else None,
         "resumed_after_epoch": resume_epoch,
     }
+
+
+def _describe(best):
+    """`stage 'finetune' epoch 3 (global 5), val_auc=0.91` for a `best_epoch` dict."""
+    return (f"stage {best['stage']!r} epoch {best['epoch']} (global {best['global_epoch']}), "
+            f"{best['monitor']}={best['value']:.4g}")
+
+
+def _relocatable(config):
+    """`config` as stored in its own run directory: `training.run_dir` is "."."""
+    return dataclasses.replace(
+        config, training=dataclasses.replace(config.training, run_dir="."))
 
 
 def _monitor_mode(training):

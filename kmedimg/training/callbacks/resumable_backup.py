@@ -3,14 +3,18 @@
 import keras
 import tensorflow as tf
 
-from kmedimg.core.run_directory import join
+from kmedimg.core.run_directory import join, write_json
 from kmedimg.training.model_state import (
-    RANDOM_STATES_NAME, backup_epoch, restore_random_states, save_random_states,
+    RANDOM_STATES_NAME, backup_epoch, restore_random_states, save_random_states, save_weights,
 )
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` that also saves and restores random-generator states.
+
+    Its files are written safely: the free space is checked before the weights are
+    written (HDF5 crashes the process on a full device), the weights go to a temporary
+    file that is renamed, and the epoch file is written after them.
 
     Args:
         backup_dir: the stage's backup directory (local, `gs://` or `ram://`).
@@ -33,3 +37,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         tf.io.gfile.makedirs(self.backup_dir)
         save_random_states(self.model, self.random_states_path, epoch + 1)
         super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        tf.io.gfile.makedirs(self.backup_dir)
+        save_weights(self.model, self._weights_path, with_optimizer=True)
+        write_json(self._training_metadata_path,
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen})
