@@ -191,3 +191,149 @@ def test_best_checkpoint_record_matches_model(finished_run):
     assert not [note for note in result.metrics["notes"] if "warning" in note]
     _assert_model_holds(run_dir / "model.keras", run_dir / "checkpoints" / "best.weights.h5")
     assert not list(run_dir.rglob("*.tmp*"))
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_stage_end_is_named_and_the_stage_trained_again(phantoms, finished_run,
+                                                                   tmp_path):
+    run_dir, _ = finished_run
+    victim = _interrupted_copy(run_dir, tmp_path / "victim", keep_stages=1)
+    _truncate(tmp_path / "victim" / "backup" / "head_warmup.end.weights.h5")
+    # A temporary file an interrupted (e.g. disk-full) write left behind.
+    stale = tmp_path / "victim" / "checkpoints" / "best.weights.h5.tmp.weights.h5"
+    stale.write_bytes(b"\x89HDF half")
+
+    metrics = _train(_config(phantoms, victim.path)).metrics
+
+    notes = "\n".join(metrics["notes"])
+    assert "head_warmup.end.weights.h5 is unreadable" in notes
+    assert "stage 'head_warmup' is trained again from its start" in notes
+    assert "removed 1 temporary file(s)" in notes and "best.weights.h5.tmp" in notes
+    assert not stale.exists()
+    assert _stage_epochs(victim.read_history()) == _stage_epochs(
+        RunDirectory(str(run_dir)).read_history())
+    _assert_same_weights(run_dir / "backup/finetune.end.weights.h5",
+                         tmp_path / "victim/backup/finetune.end.weights.h5")
+
+
+def test_truncated_backup_is_named_and_its_stage_restarted(phantoms, finished_run, tmp_path):
+    run_dir, _ = finished_run
+    victim = _interrupted_copy(run_dir, tmp_path / "victim", keep_stages=1)
+    # A kill during the second stage's first backup, and the weights file cut short.
+    backup = tmp_path / "victim" / "backup" / "finetune"
+    backup.mkdir()
+    shutil.copy(run_dir / "backup" / "finetune.end.weights.h5", backup / "latest.weights.h5")
+    _truncate(backup / "latest.weights.h5")
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+
+    metrics = _train(_config(phantoms, victim.path)).metrics
+
+    notes = "\n".join(metrics["notes"])
+    assert "latest.weights.h5 is unreadable" in notes and str(backup) in notes
+    assert "restarting stage 'finetune' from its start" in notes
+    assert metrics["stages"][1]["resumed_after_epoch"] == 0
+    _assert_same_weights(run_dir / "backup/finetune.end.weights.h5",
+                         tmp_path / "victim/backup/finetune.end.weights.h5")
+
+
+def test_moved_run_directory_resumes(phantoms, finished_run, tmp_path):
+    run_dir, _ = finished_run
+    _interrupted_copy(run_dir, tmp_path / "first", keep_stages=1)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "first", moved)
+    for path in moved.rglob("*"):
+        if path.suffix in (".json", ".yaml", ".csv"):
+            text = path.read_text()
+            assert str(tmp_path / "first") not in text and str(run_dir) not in text, path
+
+    _train(_config(phantoms, moved))
+
+    _assert_same_weights(run_dir / "backup/finetune.end.weights.h5",
+                         moved / "backup/finetune.end.weights.h5")
+
+
+def test_resume_on_a_reconverted_dataset_is_refused(phantoms, finished_run, tmp_path):
+    from kmedimg.data.synthetic import make_phantom_dataset
+
+    run_dir, _ = finished_run
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data)
+    victim = _interrupted_copy(run_dir, tmp_path / "victim", keep_stages=1)
+    config_text = (tmp_path / "victim" / "config.yaml").read_text()
+    (tmp_path / "victim" / "config.yaml").write_text(config_text.replace(phantoms, str(data)))
+    state = json.loads((tmp_path / "victim" / "state.json").read_text())
+    assert len(state["manifest_fingerprint"]) == 64
+    shutil.rmtree(data)
+    make_phantom_dataset(data, num_images=64, image_size=SIZE, seed=1, val_fraction=0.25,
+                         test_fraction=0.25)
+
+    with pytest.raises(ValueError, match=r"dataset.json with fingerprint [0-9a-f]{16}\.\.\., "
+                                         r"but that file now has fingerprint") as caught:
+        training.Trainer(_config(str(data), victim.path), progress=False).fit()
+    assert str(data / "dataset.json") in str(caught.value)
+    assert state["manifest_fingerprint"][:16] in str(caught.value)
+    assert not (tmp_path / "victim" / "model.keras").exists()
+
+
+def test_full_device_gives_one_message_and_leaves_no_temporary_file(tmp_path):
+    """A real ENOSPC: the run's files are written through /dev/full."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    directory = RunDirectory(str(tmp_path))
+    (tmp_path / "history.csv.tmp").symlink_to("/dev/full")
+    with pytest.raises(ValueError, match="history.csv: no space left on the device") as caught:
+        directory.write_history([{"stage": "s", "epoch": 0, "global_epoch": 0,
+                                  "learning_rate": 0.1}])
+    assert isinstance(caught.value, OSError) and caught.value.errno == 28
+    assert "run the same command again: it resumes" in str(caught.value)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def small_device(tmp_path):
+    """A 700 kB tmpfs (root only): a real device that fills up during training."""
+    mount_point = tmp_path / "device"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_disk_full_during_training_then_resume_keeps_the_best(phantoms, finished_run,
+                                                               small_device, tmp_path):
+    reference_dir, reference = finished_run
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(
+        f"data: {{path: {phantoms}, batch_size: 8}}\n"
+        "model: {backbone: lenet5, dropout: 0.3}\n"
+        "recipe: {name: two_stage, head_epochs: 2, finetune_epochs: 2, freeze_depth: 1}\n"
+        "training: {steps_per_epoch: 2, seed: 5, tensorboard: false, verbose: 0}\n"
+        "evaluation: {bootstrap: 0}\n"
+    )
+    run_dir = small_device / "run"
+    command = [sys.executable, "-m", "kmedimg", "train", str(recipe_file), "--out",
+               str(run_dir), "--quiet"]
+    full = subprocess.run(command, env=_environment(), capture_output=True, text=True)
+    assert full.returncode == 2, full.stderr[-3000:]
+    lines = [line for line in full.stderr.splitlines() if line.startswith("kmedimg train:")]
+    assert len(lines) == 1 and "no space left on the device" in lines[0], full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    assert not list(run_dir.rglob("*.tmp*"))
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_device)], check=True)
+    resumed = subprocess.run(command, env=_environment(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["evaluated_weights"] == "best"
+    assert metrics["best"]["global_epoch"] == reference.metrics["best"]["global_epoch"]
+    _assert_model_holds(run_dir / "model.keras", run_dir / "checkpoints" / "best.weights.h5")
+    _assert_same_weights(reference_dir / "backup/finetune.end.weights.h5",
+                         run_dir / "backup/finetune.end.weights.h5")

@@ -5,11 +5,15 @@ A run directory is what `kmedimg train` writes and what `evaluate`, `predict`,
 
 ```
 run_dir/
-  config.yaml                 the resolved configuration (data.path stored absolute)
+  config.yaml                 the resolved configuration (data.path stored absolute,
+                              training.run_dir "."; no path of the run's own files:
+                              a run directory can be moved and resumed)
   history.csv                 one row per epoch over all stages
-  state.json                  completed stages, best value so far (resume state)
+  state.json                  completed stages, best value so far, the dataset
+                              manifest's fingerprint (resume state)
   backup/                     Keras BackupAndRestore + random states (while a stage runs)
   checkpoints/best.weights.h5 best epoch by `training.monitor`
+  checkpoints/best.json       which epoch best.weights.h5 holds, with its sha256
   logs/<stage>/               TensorBoard logs
   model.keras                 the model with the best weights (takes raw pixels)
   metrics.json                validation and test metrics with bootstrap intervals
@@ -21,8 +25,9 @@ run_dir/
 
 Every read and write goes through `tf.io.gfile`, so a run that training wrote to
 `gs://` on a TPU VM is evaluated from anywhere, and tests use TensorFlow's `ram://`
-file system. JSON and CSV files are written to a temporary name and renamed, so a
-killed process never leaves half a file behind.
+file system. Files are written to a temporary name and renamed, so a killed process
+never leaves half a file behind; a full device raises `StorageFullError` (one message
+naming the file) and removes the temporary file.
 
 Example:
 
@@ -262,6 +267,7 @@ class RunDirectory:
     MODEL = "model.keras"
     CHECKPOINTS = "checkpoints"
     BEST_WEIGHTS = "checkpoints/best.weights.h5"
+    BEST_RECORD = "checkpoints/best.json"
     BACKUP = "backup"
     LOGS = "logs"
     EVALUATION = "evaluation"

@@ -25,6 +25,12 @@ def best_epoch(rows, monitor, mode):
             "epoch": row["epoch"], "global_epoch": row["global_epoch"]}
 
 
+def describe_epoch(best):
+    """`stage 'finetune' epoch 3 (global 5), val_auc=0.91` for a `best_epoch` dict."""
+    return (f"stage {best['stage']!r} epoch {best['epoch']} (global {best['global_epoch']}), "
+            f"{best['monitor']}={best['value']:.4g}")
+
+
 @dataclasses.dataclass
 class ResumeState:
     """What a run directory says about how far its run got (`state.json`).

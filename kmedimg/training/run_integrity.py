@@ -9,12 +9,44 @@ ends, temporary files of an interrupted write, and a dataset converted again sin
 
 import tensorflow as tf
 
-from kmedimg.core.run_directory import join, read_json, sha256_of_file
+from kmedimg.core.run_directory import RunDirectory, join, read_json, sha256_of_file
 from kmedimg.data import schema
 from kmedimg.training.model_state import weights_file_problem
 
-BEST_RECORD = "checkpoints/best.json"
-"""The record of the epoch `checkpoints/best.weights.h5` holds (`BestCheckpoint`)."""
+# Configuration keys that may differ when a run directory is resumed (run_dir: a run
+# directory may be moved; it is stored as "." in its own config.yaml).
+_RESUMABLE_DIFFERENCES = {("training", "verbose"), ("training", "run_dir")}
+
+BEST_RECORD = RunDirectory.BEST_RECORD
+
+# Names of `write_atomically`'s temporary files (`<name>.tmp`, `<name>.tmp.weights.h5`).
+_TEMPORARY_ENDINGS = (".tmp", ".tmp.weights.h5", ".tmp.keras")
+
+
+def check_resumable(directory, config):
+    """Refuses to resume a run directory written by a different configuration.
+
+    Args:
+        directory: the `RunDirectory`.
+        config: the `RecipeConfig` about to run (with `data.path` absolute).
+    """
+    if not (directory.exists(RunDirectory.CONFIG) and directory.exists(RunDirectory.STATE)):
+        return
+    stored = directory.read_config()
+    for section, values in config.to_dict().items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            old = (stored.get(section) or {}).get(key)
+            if (section, key) == ("data", "path") and old is not None:
+                old = directory.data_reference(directory.resolve_data_path(old))
+            if (section, key) not in _RESUMABLE_DIFFERENCES and old != value:
+                raise ValueError(
+                    f"{directory.path} holds a run with {section}.{key}={old!r}; "
+                    f"resuming it with {section}.{key}={value!r} would mix two runs. Use "
+                    f"another `training.run_dir` (--out) or delete {directory.path}. "
+                    f"Received: {section}.{key}={value!r}"
+                )
 
 
 def read_best_checkpoint(directory):
@@ -51,7 +83,7 @@ def remove_stale_temporaries(directory):
     root = directory.path.rstrip("/")
     for folder, _, files in tf.io.gfile.walk(root):
         for name in files:
-            if ".tmp" in name:
+            if name.endswith(_TEMPORARY_ENDINGS) and ".tmp" in name:
                 path = join(folder, name)
                 tf.io.gfile.remove(path)
                 removed.append(path[len(root):].lstrip("/\\"))

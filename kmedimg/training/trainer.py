@@ -26,20 +26,16 @@ from kmedimg.training.feature_cache import compute_features, feature_cache_plan,
 from kmedimg.training.model_state import (
     backup_epoch, load_model_state, save_model_file, save_model_state,
 )
-from kmedimg.training.resume_state import ResumeState, best_epoch
+from kmedimg.training.resume_state import ResumeState, best_epoch, describe_epoch
 from kmedimg.training.run_integrity import (
-    BEST_RECORD, check_same_dataset, damaged_backup, damaged_stage_end, manifest_fingerprint,
-    read_best_checkpoint, remove_stale_temporaries,
+    BEST_RECORD, check_resumable, check_same_dataset, damaged_backup, damaged_stage_end,
+    manifest_fingerprint, read_best_checkpoint, remove_stale_temporaries,
 )
 from kmedimg.training.run_result import RunResult
-from kmedimg.training.stage_loop import prepare_stage
+from kmedimg.training.stage_loop import prepare_stage, stage_report
 from kmedimg.training.stages import class_weights
 
 logger = logging.getLogger("kmedimg.training")
-
-# Configuration keys that may differ when a run directory is resumed (run_dir: a run
-# directory may be moved; it is stored as "." in its own config.yaml).
-_RESUMABLE_DIFFERENCES = {("training", "verbose"), ("training", "run_dir")}
 
 
 class Trainer:
@@ -56,7 +52,13 @@ class Trainer:
     `kmedimg.training.callbacks` the rest (random states, history, counters, best value).
     Fitting again with the same `training.run_dir` skips completed stages, restarts the
     current one after its last finished epoch and ends with the same weights as an
-    uninterrupted run.
+    uninterrupted run. A resumed run trusts nothing it cannot check: a damaged backup
+    or stage end restarts that stage from the last good state, a lost best checkpoint
+    is named and `metrics.json` says which epoch `model.keras` holds
+    (`evaluated_weights`, `weights_epoch`), temporary files of an interrupted write are
+    removed, and a dataset whose `dataset.json` changed is refused (these warnings are
+    printed and kept in `metrics.json["notes"]`). A full device stops the run with one
+    `StorageFullError` message; the run directory may be moved before resuming.
 
     Args:
         config: a `kmedimg.config.RecipeConfig`. `training.run_dir` `None` makes
@@ -88,6 +90,7 @@ class Trainer:
         self.mode = _monitor_mode(self.config.training)
         self.strategy = self.settings = self.model = self.state = None
         self.notes = []
+        self._reported_lost_best = False
 
     def fit(self):
         """Trains every stage not completed yet and writes the run directory.
@@ -123,7 +126,7 @@ class Trainer:
             self._warn(f"removed {len(removed)} temporary file(s) an interrupted write left "
                        f"in {self.directory.path}: {', '.join(removed)}")
         self.directory.makedirs(RunDirectory.CHECKPOINTS)
-        self._check_resumable()
+        check_resumable(self.directory, self.config)
         self.directory.write_text(RunDirectory.CONFIG, _relocatable(self.config).to_yaml())
         resuming = self.directory.exists(RunDirectory.STATE)
         self.state = ResumeState.load(self.directory)
@@ -133,27 +136,6 @@ class Trainer:
                                self.config.data.path)
         self.state.manifest_fingerprint = fingerprint
         self.state.save(self.directory)
-
-    def _check_resumable(self):
-        """Refuses to resume a run directory written by a different configuration."""
-        if not (self.directory.exists(RunDirectory.CONFIG)
-                and self.directory.exists(RunDirectory.STATE)):
-            return
-        stored = self.directory.read_config()
-        for section, values in self.config.to_dict().items():
-            if not isinstance(values, dict):
-                continue
-            for key, value in values.items():
-                old = (stored.get(section) or {}).get(key)
-                if (section, key) == ("data", "path") and old is not None:
-                    old = self.directory.data_reference(self.directory.resolve_data_path(old))
-                if (section, key) not in _RESUMABLE_DIFFERENCES and old != value:
-                    raise ValueError(
-                        f"{self.directory.path} holds a run with {section}.{key}={old!r}; "
-                        f"resuming it with {section}.{key}={value!r} would mix two runs. Use "
-                        f"another `training.run_dir` (--out) or delete {self.directory.path}. "
-                        f"Received: {section}.{key}={value!r}"
-                    )
 
     def _warn(self, message):
         """A note the user must see: printed (or logged) and kept in `metrics.json`."""
@@ -240,7 +222,7 @@ class Trainer:
         resume_epoch = backup_epoch(backup_dir) if self.config.training.backup else 0
         self.state.start_stage(stage.name, resume_epoch)
         self.state.save(self.directory)
-        report = _stage_report(stage, layout, plan, plan_reason, resume_epoch)
+        report = stage_report(stage, layout, plan, plan_reason, resume_epoch)
         self._announce(index, stage, layout, resume_epoch, plan, plan_reason)
         callbacks = self._callbacks(stage, resume_epoch, self.directory.read_history())
         train_input, validation = self._stage_inputs(index, plan, resume_epoch)
@@ -305,11 +287,11 @@ class Trainer:
         record, problem = read_best_checkpoint(self.directory)
         if record:
             return record["value"]
-        if history_best and not getattr(self, "_reported_lost_best", False):
+        if history_best and not self._reported_lost_best:
             self._reported_lost_best = True
             self._warn(
                 f"{self.directory.best_weights_path}: {problem}; the best epoch so far "
-                f"({_describe(history_best)}) cannot be restored. The best checkpoint "
+                f"({describe_epoch(history_best)}) cannot be restored. The best checkpoint "
                 "starts again from the epochs still to run")
         return None
 
@@ -373,11 +355,12 @@ class Trainer:
             record = {key: value for key, value in record.items() if key != "sha256"}
         if record and (record["stage"], record["epoch"]) == (best["stage"], best["epoch"]):
             return {"evaluated_weights": "best", "weights_epoch": record}
-        holds = f"the best saved epoch ({_describe(record)})" if record else "the last epoch"
+        holds = f"the best saved epoch ({describe_epoch(record)})" if record else "the last epoch"
+        cause = f" ({self.directory.best_weights_path}: {problem})" if problem else ""
         self._warn(
             f"model.keras holds {holds}, not the best epoch by {best['monitor']} "
-            f"({_describe(best)}): that epoch's checkpoint was lost before the run resumed "
-            f"({self.directory.best_weights_path}: {problem or 'written over'})")
+            f"({describe_epoch(best)}): that epoch's checkpoint was lost before the run "
+            f"resumed{cause}")
         return {"evaluated_weights": "best_saved" if record else "last",
                 "weights_epoch": record}
 
@@ -402,32 +385,6 @@ class Trainer:
             "platform": self.settings.platform,
             "notes": self.notes,
         }
-
-
-def _stage_report(stage, layout, plan, plan_reason, resume_epoch):
-    """The stage's entry of `metrics.json["stages"]` (`epochs_run` is added at its end)."""
-    return {
-        "name": stage.name,
-        "epochs": stage.epochs,
-        "learning_rate": stage.learning_rate,
-        "schedule": stage.schedule,
-        "freeze_depth": stage.freeze_depth,
-        "frozen_blocks": layout["frozen_blocks"],
-        "num_blocks": layout["num_blocks"],
-        "trainable_blocks": layout["trainable_blocks"],
-        "trainable_params": layout["trainable_params"],
-        "train_batchnorm": stage.train_batchnorm,
-        "block_lr_decay": stage.block_lr_decay,
-        "cached_features": bool(plan),
-        "cache_note": plan_reason if stage.cache_features else None,
-        "resumed_after_epoch": resume_epoch,
-    }
-
-
-def _describe(best):
-    """`stage 'finetune' epoch 3 (global 5), val_auc=0.91` for a `best_epoch` dict."""
-    return (f"stage {best['stage']!r} epoch {best['epoch']} (global {best['global_epoch']}), "
-            f"{best['monitor']}={best['value']:.4g}")
 
 
 def _relocatable(config):

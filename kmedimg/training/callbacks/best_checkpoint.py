@@ -45,7 +45,8 @@ class BestCheckpoint(keras.callbacks.Callback):
                 f"{sorted(logs or {})}. Received: training.monitor={self.monitor!r}"
             )
         value = float(value)
-        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        better = self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best)
         if better:
             self.best = value
             save_weights_only(self.full_model, self.path)
