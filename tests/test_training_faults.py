@@ -164,8 +164,9 @@ def test_lost_best_checkpoint_is_detected_and_named(phantoms, finished_run, tmp_
     assert metrics["best"]["stage"] == "head_warmup" and metrics["best"]["value"] == 1.0
     assert metrics["evaluated_weights"] == "best_saved"
     assert metrics["weights_epoch"]["stage"] == "finetune"
-    lost, holds = [note for note in metrics["notes"] if "best.weights.h5" in note]
-    assert "missing" in lost and "'head_warmup' epoch 0" in lost
+    (lost,) = [note for note in metrics["notes"] if "cannot be restored" in note]
+    (holds,) = [note for note in metrics["notes"] if note.startswith("model.keras holds")]
+    assert "best.weights.h5: missing" in lost and "'head_warmup' epoch 0" in lost
     assert "model.keras holds the best saved epoch (stage 'finetune'" in holds
     assert "not the best epoch by val_auc (stage 'head_warmup' epoch 0" in holds
     record = json.loads((tmp_path / "victim" / "checkpoints" / "best.json").read_text())
