@@ -338,3 +338,29 @@ def test_disk_full_during_training_then_resume_keeps_the_best(phantoms, finished
     _assert_model_holds(run_dir / "model.keras", run_dir / "checkpoints" / "best.weights.h5")
     _assert_same_weights(reference_dir / "backup/finetune.end.weights.h5",
                          run_dir / "backup/finetune.end.weights.h5")
+
+
+def test_backup_killed_between_its_epoch_file_and_its_weights_resumes_the_older_epoch(
+        finished_run, tmp_path):
+    from kmedimg.core.run_directory import sha256_of_file
+    from kmedimg.training.run_integrity import reconcile_backup
+
+    run_dir, _ = finished_run
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    weights = backup / "latest.weights.h5"
+    shutil.copy(run_dir / "checkpoints" / "best.weights.h5", weights)
+    older = {"epoch": 2, "batch": 0, "sha256": sha256_of_file(str(weights))}
+    # The epoch file of epoch 3 was written; the kill came before its weights replaced
+    # the ones of epoch 2.
+    (backup / "training_metadata.json").write_text(json.dumps(
+        {"epoch": 3, "batch": 0, "sha256": "0" * 64, "previous": older}))
+    assert reconcile_backup(str(backup)) is None
+    assert json.loads((backup / "training_metadata.json").read_text()) == older
+    assert training.model_state.backup_epoch(str(backup)) == 2
+
+    # Weights that match neither record are named, not trusted.
+    (backup / "training_metadata.json").write_text(json.dumps(
+        {"epoch": 3, "batch": 0, "sha256": "0" * 64, "previous": None}))
+    problem = reconcile_backup(str(backup))
+    assert problem == f"{weights} does not match its record {backup / 'training_metadata.json'}"

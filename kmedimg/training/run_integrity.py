@@ -9,7 +9,9 @@ ends, temporary files of an interrupted write, and a dataset converted again sin
 
 import tensorflow as tf
 
-from kmedimg.core.run_directory import RunDirectory, join, read_json, sha256_of_file
+from kmedimg.core.run_directory import (
+    RunDirectory, join, read_json, sha256_of_file, write_json,
+)
 from kmedimg.data import schema
 from kmedimg.training.model_state import weights_file_problem
 
@@ -130,8 +132,13 @@ def damaged_stage_end(path):
     return weights_file_problem(path)
 
 
-def damaged_backup(backup_dir):
-    """Why a stage's `BackupAndRestore` files cannot be resumed from, or `None`.
+def reconcile_backup(backup_dir):
+    """Checks a stage's backup and names what is wrong with it, or returns `None`.
+
+    `ResumableBackup` writes the epoch file (with the sha256 of the new weights and of
+    the previous ones) before it renames the new weights into place. After a kill
+    between the two, the weights on disk are the previous epoch's: the epoch file is
+    set back to that epoch here, so the stage resumes from what the weights hold.
 
     Args:
         backup_dir: the stage's backup directory.
@@ -140,17 +147,27 @@ def damaged_backup(backup_dir):
         A message naming the damaged file, or `None` when the backup is usable (or
         there is none).
     """
-    metadata = join(backup_dir, "training_metadata.json")
+    metadata_path = join(backup_dir, "training_metadata.json")
     weights = join(backup_dir, "latest.weights.h5")
-    if not tf.io.gfile.exists(metadata) and not tf.io.gfile.exists(weights):
+    if not tf.io.gfile.exists(metadata_path) and not tf.io.gfile.exists(weights):
         return None
-    for path in (metadata, join(backup_dir, "random_states.json")):
-        if tf.io.gfile.exists(path):
-            try:
-                read_json(path)
-            except ValueError as error:
-                return f"{path} is damaged ({error})"
-    if not tf.io.gfile.exists(metadata):
-        return f"{metadata} is missing"
+    try:
+        metadata = read_json(metadata_path)
+        read_json(join(backup_dir, "random_states.json"))
+    except ValueError as error:
+        return f"{error}".rstrip(".") + " (damaged)"
+    if metadata is None:
+        return f"{metadata_path} is missing"
     problem = weights_file_problem(weights)
-    return f"{weights} is {problem}" if problem else None
+    if problem:
+        return f"{weights} is {problem}"
+    if "sha256" not in metadata:
+        return None  # written before the hashes were recorded
+    actual = sha256_of_file(weights)
+    previous = metadata.get("previous") or {}
+    if actual == metadata["sha256"]:
+        return None
+    if actual == previous.get("sha256"):
+        write_json(metadata_path, previous)
+        return None
+    return f"{weights} does not match its record {metadata_path}"

@@ -28,8 +28,8 @@ from kmedimg.training.model_state import (
 )
 from kmedimg.training.resume_state import ResumeState, best_epoch, describe_epoch
 from kmedimg.training.run_integrity import (
-    BEST_RECORD, check_resumable, check_same_dataset, damaged_backup, damaged_stage_end,
-    manifest_fingerprint, read_best_checkpoint, remove_stale_temporaries,
+    BEST_RECORD, check_resumable, check_same_dataset, damaged_stage_end, manifest_fingerprint,
+    read_best_checkpoint, reconcile_backup, remove_stale_temporaries,
 )
 from kmedimg.training.run_result import RunResult
 from kmedimg.training.stage_loop import prepare_stage, stage_report
@@ -214,7 +214,7 @@ class Trainer:
                                    steps_per_epoch=self.steps_per_epoch,
                                    task=self.manifest.task, compile_model=train_model)
         backup_dir = self._backup_dir(stage.name)
-        problem = damaged_backup(backup_dir) if self.config.training.backup else None
+        problem = reconcile_backup(backup_dir) if self.config.training.backup else None
         if problem:
             self._warn(f"{problem}; restarting stage {stage.name!r} from its start (the last "
                        "good state) instead of resuming it")
