@@ -297,9 +297,11 @@ def test_killed_run_resumes_to_the_same_weights(phantoms, tmp_path):
     victim = subprocess.Popen(command(victim_dir), env=environment,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = victim_dir / "history.csv"
+    # The backup is written last in an epoch: once it exists, the epoch is complete.
+    second_stage_backup = victim_dir / "backup" / "finetune" / "training_metadata.json"
     deadline = time.time() + 240
     while time.time() < deadline and victim.poll() is None:
-        if history.exists() and len(_history(history)) >= 3:  # inside the second stage
+        if second_stage_backup.exists():  # inside the second stage, after an epoch
             break
         time.sleep(0.02)
     assert victim.poll() is None, "the run finished before it could be killed"

@@ -5,11 +5,15 @@ A run directory is what `kmedimg train` writes and what `evaluate`, `predict`,
 
 ```
 run_dir/
-  config.yaml                 the resolved configuration (data.path stored absolute)
+  config.yaml                 the resolved configuration (data.path stored absolute,
+                              training.run_dir "."; no path of the run's own files:
+                              a run directory can be moved and resumed)
   history.csv                 one row per epoch over all stages
-  state.json                  completed stages, best value so far (resume state)
+  state.json                  completed stages, best value so far, the dataset
+                              manifest's fingerprint (resume state)
   backup/                     Keras BackupAndRestore + random states (while a stage runs)
   checkpoints/best.weights.h5 best epoch by `training.monitor`
+  checkpoints/best.json       which epoch best.weights.h5 holds, with its sha256
   logs/<stage>/               TensorBoard logs
   model.keras                 the model with the best weights (takes raw pixels)
   metrics.json                validation and test metrics with bootstrap intervals
@@ -21,8 +25,9 @@ run_dir/
 
 Every read and write goes through `tf.io.gfile`, so a run that training wrote to
 `gs://` on a TPU VM is evaluated from anywhere, and tests use TensorFlow's `ram://`
-file system. JSON and CSV files are written to a temporary name and renamed, so a
-killed process never leaves half a file behind.
+file system. Files are written to a temporary name and renamed, so a killed process
+never leaves half a file behind; a full device raises `StorageFullError` (one message
+naming the file) and removes the temporary file.
 
 Example:
 
@@ -34,10 +39,13 @@ run.read_json(RunDirectory.METRICS)["test"]
 """
 
 import csv
+import errno
+import hashlib
 import io
 import json
 import os
 import posixpath
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -64,12 +72,116 @@ def _json_default(value):
     return str(value)
 
 
+class StorageFullError(OSError, ValueError):
+    """No space left to write a run's file; one clear message instead of a crash.
+
+    A `ValueError` too, so the command line prints it as one line.
+
+    Args:
+        path: the file that could not be written.
+        needed: bytes it needs (estimated), or `None`.
+        free: bytes free on its device, or `None`.
+    """
+
+    def __init__(self, path, needed=None, free=None):
+        super().__init__(errno.ENOSPC, "No space left on device", os.fspath(path))
+        self.path, self.needed, self.free = os.fspath(path), needed, free
+
+    def __str__(self):
+        sizes = ""
+        if self.needed is not None and self.free is not None:
+            sizes = f" (needs about {_megabytes(self.needed)}, {_megabytes(self.free)} free)"
+        return (
+            f"{self.path}: no space left on the device{sizes}; nothing half-written was "
+            "kept. Free some space (or move the run directory elsewhere) and run the same "
+            "command again: it resumes after the last completed epoch. "
+            f"Received: a full device at {os.path.dirname(self.path) or '.'}"
+        )
+
+
+def _megabytes(count):
+    return f"{count / 2**20:.1f} MB"
+
+
+def _is_disk_full(error):
+    return (isinstance(error, tf.errors.ResourceExhaustedError)
+            or getattr(error, "errno", None) == errno.ENOSPC
+            or "No space left on device" in str(error))
+
+
+def free_bytes(path):
+    """Bytes free on the local device holding `path` (`None` for URLs)."""
+    if _is_url(path):
+        return None
+    directory = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(directory):
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+    return shutil.disk_usage(directory).free
+
+
+def check_free_space(path, needed):
+    """Raises `StorageFullError` unless `needed` bytes fit on the device of `path`.
+
+    Writers that cannot fail cleanly on a full device (HDF5 crashes the process) call
+    this first. URLs are not checked.
+    """
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise StorageFullError(path, needed, free)
+
+
+def remove_quietly(path):
+    """Removes the file `path` if it exists (a temporary file after a failed write)."""
+    try:
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    except (OSError, tf.errors.OpError):
+        pass
+
+
+def write_atomically(path, write, suffix=""):
+    """Calls `write(temporary)`, then renames it to `path`; a full disk leaves nothing.
+
+    Args:
+        path: the file to write.
+        write: writes the complete file to the path it is given.
+        suffix: ending of the temporary name (Keras wants `.weights.h5`, `.keras`).
+            Defaults to `""`.
+
+    Raises:
+        StorageFullError: the device is full (the temporary file is removed).
+    """
+    temporary = f"{path}.tmp{suffix}"
+    try:
+        write(temporary)
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    except (OSError, tf.errors.OpError) as error:
+        remove_quietly(temporary)
+        if _is_disk_full(error) and not isinstance(error, StorageFullError):
+            raise StorageFullError(path, free=free_bytes(path)) from None
+        raise
+
+
 def write_text(path, text):
     """Writes `text` to `path` atomically (temporary file, then rename)."""
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, "w") as handle:
-        handle.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+    def write(temporary):
+        with tf.io.gfile.GFile(temporary, "w") as handle:
+            handle.write(text)
+
+    write_atomically(path, write)
+
+
+def sha256_of_file(path):
+    """Hex sha256 of a file's bytes (any `tf.io.gfile` path)."""
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_text(path, default=None):
@@ -155,6 +267,7 @@ class RunDirectory:
     MODEL = "model.keras"
     CHECKPOINTS = "checkpoints"
     BEST_WEIGHTS = "checkpoints/best.weights.h5"
+    BEST_RECORD = "checkpoints/best.json"
     BACKUP = "backup"
     LOGS = "logs"
     EVALUATION = "evaluation"

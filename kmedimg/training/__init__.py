@@ -10,9 +10,11 @@ run_dir/
   config.yaml                 the resolved configuration (data.path absolute)
   history.csv                 one row per epoch over all stages (stage, epoch, lr, metrics)
   logs/<stage>/               TensorBoard logs
-  checkpoints/best.weights.h5 best epoch by `training.monitor` (default val AUC)
+  checkpoints/best.weights.h5 best epoch by `training.monitor` (default val AUC), and
+  checkpoints/best.json       the record of which epoch it holds
   model.keras                 the model with the best weights (takes raw pixels)
-  metrics.json                the training summary (stages, best epoch, parameters, notes)
+  metrics.json                the training summary (stages, best epoch, which epoch
+                              model.keras holds, parameters, notes)
   state.json, backup/         resume state (`ResumeState`; a stage's backup is removed
                               once it completes)
 ```

@@ -25,6 +25,12 @@ def best_epoch(rows, monitor, mode):
             "epoch": row["epoch"], "global_epoch": row["global_epoch"]}
 
 
+def describe_epoch(best):
+    """`stage 'finetune' epoch 3 (global 5), val_auc=0.91` for a `best_epoch` dict."""
+    return (f"stage {best['stage']!r} epoch {best['epoch']} (global {best['global_epoch']}), "
+            f"{best['monitor']}={best['value']:.4g}")
+
+
 @dataclasses.dataclass
 class ResumeState:
     """What a run directory says about how far its run got (`state.json`).
@@ -43,12 +49,16 @@ class ResumeState:
         resumed_after_epoch: epochs of `current_stage` restored from its backup when it
             (re)started.
         best: the best epoch of the completed stages (see `best_epoch`), or `None`.
+        manifest_fingerprint: sha256 of the dataset's `dataset.json` when the run
+            started; a resumed run refuses a dataset that changed. `None` for runs
+            written before it was recorded.
     """
 
     completed: dict = dataclasses.field(default_factory=dict)
     current_stage: str = None
     resumed_after_epoch: int = 0
     best: dict = None
+    manifest_fingerprint: str = None
 
     @classmethod
     def load(cls, directory):
@@ -88,3 +98,11 @@ class ResumeState:
         self.current_stage = None
         self.resumed_after_epoch = 0
         self.best = best
+
+    def drop_from(self, stage_name):
+        """Forgets `stage_name` and every later completed stage (to train them again)."""
+        names = list(self.completed)
+        for name in names[names.index(stage_name):]:
+            del self.completed[name]
+        self.current_stage = None
+        self.resumed_after_epoch = 0

@@ -68,3 +68,23 @@ def run_stages(model, recipe, config, x, validation_data=None, steps_per_epoch=N
             callbacks=list(callbacks or []), shuffle=False, verbose=verbose, **fit_kwargs,
         ))
     return histories
+
+
+def stage_report(stage, layout, plan, plan_reason, resume_epoch):
+    """The stage's entry of `metrics.json["stages"]` (`epochs_run` is added at its end)."""
+    return {
+        "name": stage.name,
+        "epochs": stage.epochs,
+        "learning_rate": stage.learning_rate,
+        "schedule": stage.schedule,
+        "freeze_depth": stage.freeze_depth,
+        "frozen_blocks": layout["frozen_blocks"],
+        "num_blocks": layout["num_blocks"],
+        "trainable_blocks": layout["trainable_blocks"],
+        "trainable_params": layout["trainable_params"],
+        "train_batchnorm": stage.train_batchnorm,
+        "block_lr_decay": stage.block_lr_decay,
+        "cached_features": bool(plan),
+        "cache_note": plan_reason if stage.cache_features else None,
+        "resumed_after_epoch": resume_epoch,
+    }

@@ -23,16 +23,19 @@ from kmedimg.training.datasets import (
     train_dataset,
 )
 from kmedimg.training.feature_cache import compute_features, feature_cache_plan, feature_dataset
-from kmedimg.training.model_state import backup_epoch, load_model_state, save_model_state
-from kmedimg.training.resume_state import ResumeState, best_epoch
+from kmedimg.training.model_state import (
+    backup_epoch, load_model_state, save_model_file, save_model_state,
+)
+from kmedimg.training.resume_state import ResumeState, best_epoch, describe_epoch
+from kmedimg.training.run_integrity import (
+    BEST_RECORD, check_resumable, check_same_dataset, damaged_stage_end, manifest_fingerprint,
+    read_best_checkpoint, reconcile_backup, remove_stale_temporaries,
+)
 from kmedimg.training.run_result import RunResult
-from kmedimg.training.stage_loop import prepare_stage
+from kmedimg.training.stage_loop import prepare_stage, stage_report
 from kmedimg.training.stages import class_weights
 
 logger = logging.getLogger("kmedimg.training")
-
-# Configuration keys that may differ when a run directory is resumed.
-_RESUMABLE_DIFFERENCES = {("training", "verbose")}
 
 
 class Trainer:
@@ -49,7 +52,13 @@ class Trainer:
     `kmedimg.training.callbacks` the rest (random states, history, counters, best value).
     Fitting again with the same `training.run_dir` skips completed stages, restarts the
     current one after its last finished epoch and ends with the same weights as an
-    uninterrupted run.
+    uninterrupted run. A resumed run trusts nothing it cannot check: a damaged backup
+    or stage end restarts that stage from the last good state, a lost best checkpoint
+    is named and `metrics.json` says which epoch `model.keras` holds
+    (`evaluated_weights`, `weights_epoch`), temporary files of an interrupted write are
+    removed, and a dataset whose `dataset.json` changed is refused (these warnings are
+    printed and kept in `metrics.json["notes"]`). A full device stops the run with one
+    `StorageFullError` message; the run directory may be moved before resuming.
 
     Args:
         config: a `kmedimg.config.RecipeConfig`. `training.run_dir` `None` makes
@@ -81,6 +90,7 @@ class Trainer:
         self.mode = _monitor_mode(self.config.training)
         self.strategy = self.settings = self.model = self.state = None
         self.notes = []
+        self._reported_lost_best = False
 
     def fit(self):
         """Trains every stage not completed yet and writes the run directory.
@@ -94,6 +104,7 @@ class Trainer:
         determinism_note = self._seed()
         self._build(determinism_note)
         self.val_dataset = split_dataset(self.config, self.manifest, self.config.data.val_split)
+        self._drop_damaged_stage_ends()
         if self.state.last_completed is not None:
             # Resuming: continue from where the last completed stage ended.
             load_model_state(self.model, self._stage_end_path(self.state.last_completed))
@@ -110,32 +121,46 @@ class Trainer:
         distribute.check_paths_for_tpu(
             self.strategy, data=self.config.data.path, run_dir=self.directory.path)
         self.settings = platform_settings(self.config, self.strategy)
+        removed = remove_stale_temporaries(self.directory)
+        if removed:
+            self._warn(f"removed {len(removed)} temporary file(s) an interrupted write left "
+                       f"in {self.directory.path}: {', '.join(removed)}")
         self.directory.makedirs(RunDirectory.CHECKPOINTS)
-        self._check_resumable()
-        self.directory.write_text(RunDirectory.CONFIG, self.config.to_yaml())
+        check_resumable(self.directory, self.config)
+        self.directory.write_text(RunDirectory.CONFIG, _relocatable(self.config).to_yaml())
+        resuming = self.directory.exists(RunDirectory.STATE)
         self.state = ResumeState.load(self.directory)
+        fingerprint = manifest_fingerprint(self.config.data.path)
+        if resuming:
+            check_same_dataset(self.directory, self.state.manifest_fingerprint, fingerprint,
+                               self.config.data.path)
+        self.state.manifest_fingerprint = fingerprint
         self.state.save(self.directory)
 
-    def _check_resumable(self):
-        """Refuses to resume a run directory written by a different configuration."""
-        if not (self.directory.exists(RunDirectory.CONFIG)
-                and self.directory.exists(RunDirectory.STATE)):
-            return
-        stored = self.directory.read_config()
-        for section, values in self.config.to_dict().items():
-            if not isinstance(values, dict):
-                continue
-            for key, value in values.items():
-                old = (stored.get(section) or {}).get(key)
-                if (section, key) == ("data", "path") and old is not None:
-                    old = self.directory.data_reference(self.directory.resolve_data_path(old))
-                if (section, key) not in _RESUMABLE_DIFFERENCES and old != value:
-                    raise ValueError(
-                        f"{self.directory.path} holds a run with {section}.{key}={old!r}; "
-                        f"resuming it with {section}.{key}={value!r} would mix two runs. Use "
-                        f"another `training.run_dir` (--out) or delete {self.directory.path}. "
-                        f"Received: {section}.{key}={value!r}"
-                    )
+    def _warn(self, message):
+        """A note the user must see: printed (or logged) and kept in `metrics.json`."""
+        self.notes.append(message)
+        if self.progress:
+            print(f"[kmedimg] warning: {message}")
+        logger.warning(message)
+
+    def _drop_damaged_stage_ends(self):
+        """Trains a completed stage again when its end weights are damaged."""
+        while self.state.last_completed is not None:
+            name = self.state.last_completed
+            path = self._stage_end_path(name)
+            problem = damaged_stage_end(path)
+            if not problem:
+                return
+            names = [stage.name for stage in self.recipe.stages]
+            self._warn(f"{path} is {problem}; stage {name!r} is trained again from its "
+                       "start (the last good state)")
+            self.state.drop_from(name)
+            self.state.save(self.directory)
+            for later in names[names.index(name):]:
+                self.directory.remove(f"{RunDirectory.BACKUP}/{later}")
+            self.directory.write_history([row for row in self.directory.read_history()
+                                          if row["stage"] in self.state.completed])
 
     def _seed(self):
         """Seeds Keras and (when possible) enables op determinism; returns a note or None."""
@@ -165,11 +190,12 @@ class Trainer:
         if self.settings.jit_compile or self.settings.platform == "tpu":
             # Before any training: name the layers XLA cannot compile.
             distribute.check_layers_for_xla(self.model)
-        self.notes = [weight_note, *self.settings.notes, *self.model.kmedimg_init_notes]
+        notes = [weight_note, *self.settings.notes, *self.model.kmedimg_init_notes]
         if determinism_note:
-            self.notes.append(determinism_note)
-        for note in self.notes:
+            notes.append(determinism_note)
+        for note in notes:
             self.say(f"[kmedimg] {note}")
+        self.notes[:0] = notes
 
     # -- one stage -------------------------------------------------------------------
 
@@ -188,10 +214,15 @@ class Trainer:
                                    steps_per_epoch=self.steps_per_epoch,
                                    task=self.manifest.task, compile_model=train_model)
         backup_dir = self._backup_dir(stage.name)
+        problem = reconcile_backup(backup_dir) if self.config.training.backup else None
+        if problem:
+            self._warn(f"{problem}; restarting stage {stage.name!r} from its start (the last "
+                       "good state) instead of resuming it")
+            self.directory.remove(f"{RunDirectory.BACKUP}/{stage.name}")
         resume_epoch = backup_epoch(backup_dir) if self.config.training.backup else 0
         self.state.start_stage(stage.name, resume_epoch)
         self.state.save(self.directory)
-        report = _stage_report(stage, layout, plan, plan_reason, resume_epoch)
+        report = stage_report(stage, layout, plan, plan_reason, resume_epoch)
         self._announce(index, stage, layout, resume_epoch, plan, plan_reason)
         callbacks = self._callbacks(stage, resume_epoch, self.directory.read_history())
         train_input, validation = self._stage_inputs(index, plan, resume_epoch)
@@ -225,14 +256,12 @@ class Trainer:
                         if row["stage"] == stage.name and row["epoch"] < resume_epoch]
         kept_rows = [row for row in rows
                      if row["stage"] != stage.name or row["epoch"] < resume_epoch]
-        best_so_far = best_epoch(kept_rows, monitor, mode)
-        callbacks = []
-        if training.backup:
-            callbacks.append(ResumableBackup(self._backup_dir(stage.name)))
-        callbacks.append(HistoryWriter(self.directory.history_path, stage.name,
-                                       self.state.epochs_completed, resume_epoch, rows))
-        callbacks.append(BestCheckpoint(self.model, self.directory.best_weights_path, monitor,
-                                        mode, best_so_far and best_so_far["value"]))
+        callbacks = [HistoryWriter(self.directory.history_path, stage.name,
+                                   self.state.epochs_completed, resume_epoch, rows)]
+        callbacks.append(BestCheckpoint(
+            self.model, self.directory.best_weights_path, monitor, mode,
+            self._best_checkpoint_value(kept_rows), record_path=self.directory.file(BEST_RECORD),
+            stage_name=stage.name, epoch_offset=self.state.epochs_completed))
         if training.early_stopping_patience is not None:
             callbacks.append(ResumableEarlyStopping(
                 earlier_rows, monitor=monitor, mode=mode,
@@ -246,7 +275,25 @@ class Trainer:
         if training.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(
                 self.directory.logs_dir(stage.name), write_graph=False))
+        if training.backup:
+            # Last: an epoch counts as done once everything above has recorded it (and
+            # a plateau step has lowered the rate the backup saves).
+            callbacks.append(ResumableBackup(self._backup_dir(stage.name)))
         return callbacks
+
+    def _best_checkpoint_value(self, kept_rows):
+        """The value of the best checkpoint on disk; `None` (with a warning) if it is lost."""
+        history_best = best_epoch(kept_rows, self.config.training.monitor, self.mode)
+        record, problem = read_best_checkpoint(self.directory)
+        if record:
+            return record["value"]
+        if history_best and not self._reported_lost_best:
+            self._reported_lost_best = True
+            self._warn(
+                f"{self.directory.best_weights_path}: {problem}; the best epoch so far "
+                f"({describe_epoch(history_best)}) cannot be restored. The best checkpoint "
+                "starts again from the epochs still to run")
+        return None
 
     def _stage_inputs(self, index, plan, resume_epoch):
         """`(training input, validation data)`: records, or cached backbone features."""
@@ -282,17 +329,40 @@ class Trainer:
 
     def _finish(self, started):
         """Restores the best weights, saves `model.keras` and the training summary."""
-        training = self.config.training
         rows = self.directory.read_history()
-        best = best_epoch(rows, training.monitor, self.mode)
-        if training.restore_best and self.directory.exists(RunDirectory.BEST_WEIGHTS):
-            load_model_state(self.model, self.directory.best_weights_path)
-        self.model.save(self.directory.model_path)
+        best = best_epoch(rows, self.config.training.monitor, self.mode)
+        weights = self._restore_best_weights(best)
+        save_model_file(self.model, self.directory.model_path)
         metrics = self.summary(best)
+        metrics.update(weights)
         metrics["wall_time_seconds"] = round(time.time() - started, 2)
         self.directory.write_json(RunDirectory.METRICS, metrics)
         return RunResult(run_dir=self.directory.path, history=rows, metrics=metrics,
                          model_path=self.directory.model_path)
+
+    def _restore_best_weights(self, best):
+        """Loads the best checkpoint (if kept) and says which epoch `model.keras` holds.
+
+        Returns:
+            `{"evaluated_weights": "best" | "best_saved" | "last", "weights_epoch":
+            dict or None}` for `metrics.json`.
+        """
+        if not self.config.training.restore_best or not best:
+            return {"evaluated_weights": "last", "weights_epoch": None}
+        record, problem = read_best_checkpoint(self.directory)
+        if record:
+            load_model_state(self.model, self.directory.best_weights_path)
+            record = {key: value for key, value in record.items() if key != "sha256"}
+        if record and (record["stage"], record["epoch"]) == (best["stage"], best["epoch"]):
+            return {"evaluated_weights": "best", "weights_epoch": record}
+        holds = f"the best saved epoch ({describe_epoch(record)})" if record else "the last epoch"
+        cause = f" ({self.directory.best_weights_path}: {problem})" if problem else ""
+        self._warn(
+            f"model.keras holds {holds}, not the best epoch by {best['monitor']} "
+            f"({describe_epoch(best)}): that epoch's checkpoint was lost before the run "
+            f"resumed{cause}")
+        return {"evaluated_weights": "best_saved" if record else "last",
+                "weights_epoch": record}
 
     def summary(self, best):
         """The training part of `metrics.json` (no validation/test evaluation)."""
@@ -305,6 +375,7 @@ class Trainer:
             "class_names": list(self.manifest.class_names),
             "best": best,
             "evaluated_weights": "best" if training.restore_best and best else "last",
+            "manifest_fingerprint": self.state.manifest_fingerprint,
             "stages": reports,
             "trainable_params": max((s["trainable_params"] for s in reports), default=0),
             "total_params": int(self.model.count_params()),
@@ -316,24 +387,10 @@ class Trainer:
         }
 
 
-def _stage_report(stage, layout, plan, plan_reason, resume_epoch):
-    """The stage's entry of `metrics.json["stages"]` (`epochs_run` is added at its end)."""
-    return {
-        "name": stage.name,
-        "epochs": stage.epochs,
-        "learning_rate": stage.learning_rate,
-        "schedule": stage.schedule,
-        "freeze_depth": stage.freeze_depth,
-        "frozen_blocks": layout["frozen_blocks"],
-        "num_blocks": layout["num_blocks"],
-        "trainable_blocks": layout["trainable_blocks"],
-        "trainable_params": layout["trainable_params"],
-        "train_batchnorm": stage.train_batchnorm,
-        "block_lr_decay": stage.block_lr_decay,
-        "cached_features": bool(plan),
-        "cache_note": plan_reason if stage.cache_features else None,
-        "resumed_after_epoch": resume_epoch,
-    }
+def _relocatable(config):
+    """`config` as stored in its own run directory: `training.run_dir` is "."."""
+    return dataclasses.replace(
+        config, training=dataclasses.replace(config.training, run_dir="."))
 
 
 def _monitor_mode(training):
