@@ -13,6 +13,7 @@ from kmedimg.core.run_directory import (
     RunDirectory, join, read_json, sha256_of_file, write_json,
 )
 from kmedimg.data import schema
+from kmedimg.data.manifest_files import manifest_fingerprint as data_manifest_fingerprint
 from kmedimg.training.model_state import weights_file_problem
 
 # Configuration keys that may differ when a run directory is resumed (run_dir: a run
@@ -93,7 +94,7 @@ def remove_stale_temporaries(directory):
 
 
 def manifest_fingerprint(data_path):
-    """sha256 of the dataset's `dataset.json` bytes (a converted-again dataset differs).
+    """The dataset's manifest fingerprint (`kmedimg.data.manifest_fingerprint`).
 
     Args:
         data_path: the dataset directory.
@@ -104,7 +105,7 @@ def manifest_fingerprint(data_path):
     path = join(data_path, schema.MANIFEST_NAME)
     if not tf.io.gfile.exists(path):
         return None
-    return sha256_of_file(path)
+    return data_manifest_fingerprint(path)
 
 
 def check_same_dataset(directory, stored, current, data_path):
