@@ -217,7 +217,8 @@ def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", s
         )
     if recipe != "auto" and recipe not in recipes.list_recipes():
         raise ValueError(
-            f"`recipe` must be 'auto' or one of {recipes.list_recipes()}. Received: recipe={recipe!r}"
+            f"`recipe` must be 'auto' or one of {recipes.list_recipes()}. "
+            f"Received: recipe={recipe!r}"
         )
     settings = BUDGETS[budget]
     say = print if progress else (lambda *args, **kwargs: None)
