@@ -29,3 +29,4 @@ def test_demo_quick_tells_the_whole_story(tmp_path, capsys):
     assert len(verdict) == 1 and f"{transfer_auc:.3f}" in verdict[0]
     closing = output.strip().splitlines()[-1]
     assert closing.startswith("Next: open ") and str(report) in closing
+    assert "--recipe two_stage" in closing and "--seed 1" in closing

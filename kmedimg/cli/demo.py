@@ -38,7 +38,7 @@ def _handle(args):
                       seed=args.seed)
     print("\n" + format_table(result.rows, list(DEMO_COLUMNS)))
     print(f"\nTotal {time.time() - started:.0f} s. Run directories (metrics.json, "
-          f"history.csv, model.keras, TensorBoard logs): {os.path.join(args.out, 'runs')}")
+          f"history.csv, model.keras, TensorBoard logs): {os.path.dirname(result.runs['source'])}")
     for note in result.notes:
         print("\n" + note)
     return 0

@@ -170,11 +170,14 @@ def _verdict(test_auc, train_images, chosen):
             "before reading anything into it.")
 
 
-NEXT_STEPS = (
-    "Next: open {report} (ROC, calibration, Grad-CAM of the transfer run); try "
-    "`kmedimg demo --recipe two_stage` (fine-tune the upper blocks too) or `--seed 1`; "
-    "then your own images: `kmedimg convert` + `kmedimg train recipes/quickstart.yaml`."
-)
+def _next_steps(report, chosen, seed):
+    """The closing line: where the report is and what to try next."""
+    other = "feature_extractor" if chosen == "two_stage" else "two_stage"
+    why = ("the frozen backbone alone" if other == "feature_extractor"
+           else "fine-tune the upper blocks too")
+    return (f"Next: open {report} (ROC, calibration, Grad-CAM of the transfer run); try "
+            f"`kmedimg demo --recipe {other}` ({why}) or `--seed {seed + 1}` (another draw); "
+            "then your own images: `kmedimg convert` + `kmedimg train recipes/quickstart.yaml`.")
 
 
 def _report(run_dir, say):
@@ -192,7 +195,8 @@ def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", s
     """Runs the demo (see the module docstring) and returns a `DemoResult`.
 
     Args:
-        out_dir: where datasets and run directories go. Defaults to `"kmedimg-demo"`.
+        out_dir: where datasets and run directories go (for a seed other than 0, its
+            `seed-<seed>` subdirectory). Defaults to `"kmedimg-demo"`.
         backbone: a registered backbone with a minimum input size <= 32 (LeNet-5
             with ReLU and max pooling trains in seconds; `"mobilenetv2"` works too,
             several times slower). Defaults to `"lenet5_modern"`.
@@ -222,6 +226,8 @@ def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", s
         )
     settings = BUDGETS[budget]
     say = print if progress else (lambda *args, **kwargs: None)
+    # Each seed has its own data and runs (a run directory refuses another seed's config).
+    out_dir = out_dir if seed == 0 else os.path.join(out_dir, f"seed-{seed}")
     source_dir, target_dir = _write_datasets(out_dir, settings, seed, say, progress)
     runs = {"source": os.path.join(out_dir, "runs", SOURCE_RUN),
             "scratch": os.path.join(out_dir, "runs", SCRATCH_RUN)}
@@ -258,6 +264,6 @@ def run_demo(out_dir="kmedimg-demo", backbone=DEFAULT_BACKBONE, recipe="auto", s
     test_auc = {role: _test_auc(result) for role, result in results.items()}
     report, skipped = _report(runs["transfer"], say)
     notes = [_verdict(test_auc, target_train, chosen)] + ([skipped] if skipped else [])
-    notes.append(NEXT_STEPS.format(report=report or os.path.join(runs["transfer"], "report.html")))
+    notes.append(_next_steps(report or os.path.join(runs["transfer"], "report.html"), chosen, seed))
     return DemoResult(rows=rows, advice=advice, runs=runs, test_auc=test_auc, report=report,
                       notes=notes)
