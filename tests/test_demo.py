@@ -5,16 +5,28 @@ import json
 from kmedimg import cli
 
 
-def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+def test_demo_quick_tells_the_whole_story(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--quick", "--backbone", "lenet5", "--out", str(out)]) == 0
+    assert cli.main(["demo", "--quick", "--out", str(out)]) == 0
     output = capsys.readouterr().out
-    assert "Category 3" in output  # small target, low similarity -> the advisor's two_stage
-    for fragment in ("source: pretrain", "target: two_stage (transfer)",
-                     "target: from_scratch (baseline)", "test AUC [95% CI]"):
+    # Few site-B images, similar to site A -> the advisor's feature extractor.
+    assert "Category 4" in output
+    for fragment in ("site A: pretrain", "site B: feature_extractor (transfer)",
+                     "site B: from_scratch (baseline)", "test AUC [95% CI]"):
         assert fragment in output
-    transfer = json.loads((out / "runs" / "target-two_stage" / "metrics.json").read_text())
-    assert transfer["recipe"] == "two_stage"
+    runs = out / "runs"
+    transfer = json.loads((runs / "target-feature_extractor" / "metrics.json").read_text())
+    scratch = json.loads((runs / "target-from_scratch" / "metrics.json").read_text())
+    assert transfer["recipe"] == "feature_extractor" and scratch["recipe"] == "from_scratch"
     assert any("source-from_scratch" in note for note in transfer["notes"])
-    assert transfer["test"]["metrics"]["roc_auc"]["ci_low"] is not None
-    assert (out / "data" / "target-inverted" / "dataset.json").exists()
+    for metrics in (transfer, scratch):
+        assert metrics["test"]["metrics"]["roc_auc"]["ci_low"] is not None
+    report = runs / "target-feature_extractor" / "report.html"
+    assert report.stat().st_size > 10_000 and "<img" in report.read_text()
+    assert (out / "data" / "site-b" / "dataset.json").exists()
+    verdict = [line for line in output.splitlines() if line.startswith("Transfer ")]
+    transfer_auc = transfer["test"]["metrics"]["roc_auc"]["value"]
+    assert len(verdict) == 1 and f"{transfer_auc:.3f}" in verdict[0]
+    closing = output.strip().splitlines()[-1]
+    assert closing.startswith("Next: open ") and str(report) in closing
+    assert "--recipe two_stage" in closing and "--seed 1" in closing

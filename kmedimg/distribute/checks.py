@@ -53,16 +53,39 @@ def _walk_layers(layer):
         yield from _walk_layers(child)
 
 
-def check_paths_for_tpu(strategy, **paths):
-    """On a TPU, refuses local paths for data, checkpoints and run directories.
+def tpu_sees_local_disk(strategy):
+    """Whether a TPU run reads and writes this machine's own disk.
 
-    TPU workers (TPU VM pods, TPU nodes) run the input pipeline and write
-    checkpoints on hosts that do not see this machine's disk, so every path they
-    touch must be a `gs://` URL. This check runs before any training.
+    True on a single-host TPU VM (a Cloud TPU VM such as v2-8 / v5e-8, and Colab's
+    current TPU runtimes): the TPU is attached to this host (`tpu="local"`, so the
+    resolver's master is `""`), and the input pipeline and checkpoint writes run
+    here. False for a TPU node or the retired remote Colab TPU (`grpc://host:8470`:
+    the ops run on a TPU host that cannot see this disk) and for pods and slices of
+    several hosts (each host reads its own disk).
 
     Args:
-        strategy: a `tf.distribute.Strategy`, or the platform name (`"tpu"`).
-            Non-TPU strategies accept any path.
+        strategy: a `tf.distribute.TPUStrategy`, or its
+            `tf.distribute.cluster_resolver.TPUClusterResolver`.
+    """
+    resolver = getattr(strategy, "cluster_resolver", strategy)
+    if not hasattr(resolver, "master"):
+        return False
+    hosts = getattr(getattr(strategy, "extended", None), "num_hosts", 1)
+    return resolver.master() == "" and hosts == 1
+
+
+def check_paths_for_tpu(strategy, **paths):
+    """On a TPU that cannot see this disk, refuses local paths for data and run directories.
+
+    TPU nodes, the retired remote Colab TPU and multi-host pods run the input
+    pipeline and write checkpoints on hosts that do not see this machine's disk, so
+    every path they touch must be a `gs://` URL. A single-host TPU VM (Colab's
+    current TPU runtime included) reads and writes its own disk, so local paths pass
+    there (`tpu_sees_local_disk`). This check runs before any training.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`, or the platform name (`"tpu"`: a TPU
+            whose host is unknown, checked strictly). Non-TPU strategies accept any path.
         **paths: named paths, e.g. `data="gs://bucket/ds", run_dir="gs://bucket/runs"`;
             `None` values are skipped.
 
@@ -73,8 +96,10 @@ def check_paths_for_tpu(strategy, **paths):
 
     >>> check_paths_for_tpu("cpu", data="/home/me/data")  # fine off TPU
     """
-    on_tpu = strategy == "tpu" if isinstance(strategy, str) else is_tpu_strategy(strategy)
-    if not on_tpu:
+    if isinstance(strategy, str):
+        if strategy != "tpu":
+            return
+    elif not is_tpu_strategy(strategy) or tpu_sees_local_disk(strategy):
         return
     local = {
         name: str(path)
@@ -84,7 +109,8 @@ def check_paths_for_tpu(strategy, **paths):
     if local:
         listed = ", ".join(f"{name}={path!r}" for name, path in local.items())
         raise ValueError(
-            "TPU workers read only gs:// paths (they cannot see this machine's disk): "
+            "TPU workers read only gs:// paths (this TPU's hosts cannot see this machine's "
+            "disk; only a single-host TPU VM with tpu='local' can): "
             f"{', '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'}. "
             f"{_GCS_HINT} Received: {listed}"
         )
