@@ -41,7 +41,7 @@ with strategy.scope():
 """
 
 from kmedimg.distribute.checks import (
-    XLA_INCOMPATIBLE_LAYERS, check_layers_for_xla, check_paths_for_tpu,
+    XLA_INCOMPATIBLE_LAYERS, check_layers_for_xla, check_paths_for_tpu, tpu_sees_local_disk,
 )
 from kmedimg.distribute.datasets import distribute_dataset, evaluation_dataset
 from kmedimg.distribute.defaults import (
@@ -60,5 +60,5 @@ __all__ = [
     "check_compile_settings", "check_layers_for_xla", "check_paths_for_tpu",
     "distribute_dataset", "evaluation_dataset", "get_strategy", "is_multi_device_mirrored",
     "is_tpu_strategy", "num_workers", "parse_tf_config", "platform_defaults", "platform_of",
-    "scale_learning_rate",
+    "scale_learning_rate", "tpu_sees_local_disk",
 ]
