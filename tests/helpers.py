@@ -1,8 +1,16 @@
-"""Tiny in-memory sources for data-layer tests (writer, pipeline, and anyone else's)."""
+"""Shared test helpers: tiny in-memory sources (writer, pipeline, and anyone else's), model
+weights and the 0.1.0 classifier builder (model tests), run-file readers (training tests)."""
 
+import csv
+
+import h5py
+import keras
 import numpy as np
 
 from kmedimg.data.sources.base import Item, Rejected
+from kmedimg.layers import (
+    BackbonePreprocessing, GeMPooling2D, GreyToRGB, IntensityScaling, Window,
+)
 
 
 class ListSource:
@@ -60,3 +68,58 @@ def binary_items(count, size=8, channels=1, dtype="uint8", positive_every=3,
 
 
 __all__ = ["Item", "ListSource", "Rejected", "binary_items", "image"]
+
+
+def randomize_weights(model, seed=0, scale=0.05):
+    """Overwrites every weight with seeded normal values (variances kept positive)."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        value = rng.normal(0, scale, variable.shape)
+        if "variance" in variable.path:
+            value = np.abs(value) + 0.5
+        variable.assign(value.astype(variable.dtype))
+
+
+def history_rows(path):
+    """A run's history.csv as a list of dicts of strings."""
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def h5_arrays(path):
+    """Every dataset of a .weights.h5 file as sorted `(name, array)` pairs."""
+    arrays = []
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.append((name, item[()]))
+                          if isinstance(item, h5py.Dataset) else None)
+    return sorted(arrays, key=lambda pair: pair[0])
+
+
+def old_build_classifier(backbone_model, record, input_shape, task, num_classes, head="avg", dropout=0.2,
+                         hidden_units=0, augmentation=None, input_dtype="uint8", window=None, inference=False):
+    """The functional model kmedimg 0.1.0's build_classifier returned (its code, inlined)."""
+    units, activation = (1, "sigmoid") if task == "binary" else (
+        num_classes, "softmax" if task == "multiclass" else "sigmoid")
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    if window is not None:
+        x = Window(*window, name="window")(inputs)
+    else:
+        x = IntensityScaling(pixel_dtype=input_dtype, name="intensity_scaling")(inputs)
+    if augmentation is not None:
+        x = augmentation(x)
+    if input_shape[-1] == 1 and backbone_model.input.shape[-1] == 3:
+        x = GreyToRGB(name="grey_to_rgb")(x)
+    x = BackbonePreprocessing(record.preprocessing, name="backbone_preprocessing")(x)
+    x = backbone_model(x, training=False) if inference else backbone_model(x)
+    if head == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    elif head == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
+    else:
+        x = GeMPooling2D(name="pool")(x)
+    if hidden_units:
+        x = keras.layers.Dense(int(hidden_units), activation="relu", name="head_hidden")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{record.name}_classifier")

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 from kmedimg import evaluation  # noqa: E402
 from kmedimg.evaluation import gradcam  # noqa: E402
 from kmedimg.models import build_classifier, get_backbone  # noqa: E402
-from test_models_image_classifier import _old_build_classifier  # noqa: E402
+from helpers import old_build_classifier  # noqa: E402
 
 SIZE, SQUARE = 64, 14
 
@@ -122,7 +122,7 @@ def test_a_classifier_saved_by_0_1_0_is_explained_like_its_conversion(trained, t
     """The old functional format (kmedimg 0.1.0) is converted, not guessed at."""
     model, images, boxes = trained
     record = get_backbone("lenet5_modern")
-    old = _old_build_classifier(model.backbone, record, (SIZE, SIZE, 1), "binary", 1, dropout=0.0)
+    old = old_build_classifier(model.backbone, record, (SIZE, SIZE, 1), "binary", 1, dropout=0.0)
     old.get_layer("predictions").set_weights(model.output_dense.get_weights())
     expected = evaluation.GradCam(model)(images)
     np.testing.assert_allclose(evaluation.GradCam(old)(images), expected, atol=1e-5)

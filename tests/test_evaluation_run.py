@@ -283,13 +283,13 @@ def test_a_run_saved_by_0_1_0_is_converted_and_a_foreign_model_refused(run, tmp_
 
     from kmedimg.models import ImageClassifier, get_backbone
     from kmedimg.runs import load_model_for_inference
-    from test_models_image_classifier import _old_build_classifier
+    from helpers import old_build_classifier
 
     run_dir, data_dir, model = run
     old_run = tmp_path / "old_run"
     old_run.mkdir()
     shutil.copy(os.path.join(run_dir, "config.yaml"), old_run / "config.yaml")
-    old = _old_build_classifier(model.backbone, get_backbone("lenet5_modern"), (IMAGE_SIZE, IMAGE_SIZE, 1),
+    old = old_build_classifier(model.backbone, get_backbone("lenet5_modern"), (IMAGE_SIZE, IMAGE_SIZE, 1),
                                 "binary", 1, dropout=0.0)
     old.get_layer("predictions").set_weights(model.output_dense.get_weights())
     old.save(old_run / "model.keras")

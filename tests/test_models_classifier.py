@@ -23,20 +23,13 @@ from kmedimg.models import (
     get_backbone_model,
 )
 
+from helpers import randomize_weights
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _pixels(shape, batch=2, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (batch,) + tuple(shape)).astype("float32")
-
-
-def _randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        value = rng.normal(0, 0.05, variable.shape)
-        if "variance" in variable.path:
-            value = np.abs(value) + 0.5
-        variable.assign(value.astype(variable.dtype))
 
 
 def _trainable_count(model):
@@ -129,7 +122,7 @@ def test_keras_round_trip_keeps_predictions_and_frozen_blocks(tmp_path):
 
 def test_weights_from_a_file_really_load(tmp_path):
     source = get_backbone("vgg16").build((32, 32, 3))
-    _randomize(source, seed=1)
+    randomize_weights(source, seed=1)
     path = tmp_path / "vgg16.weights.h5"
     source.save_weights(path)
     model = build_classifier("vgg16", 1, (48, 48, 3), weights=str(path))
@@ -140,7 +133,7 @@ def test_weights_from_a_file_really_load(tmp_path):
 
 def test_weights_from_a_run_directory_really_load(tmp_path):
     trained = build_classifier("mobilenetv2", 1, (32, 32, 3))
-    _randomize(get_backbone_model(trained), seed=2)
+    randomize_weights(get_backbone_model(trained), seed=2)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     trained.save(run_dir / "model.keras")
@@ -174,7 +167,7 @@ def _first_layer_output(backbone, layer_name, preprocessed):
 def test_grey_fold_equals_the_rgb_network_on_replicated_grey(name, layer_name, tmp_path):
     record = get_backbone(name)
     rgb = record.build((40, 40, 3))
-    _randomize(rgb, seed=3)
+    randomize_weights(rgb, seed=3)
     path = tmp_path / f"{name}.weights.h5"
     rgb.save_weights(path)
     # Reload: Normalization layers only use assigned statistics after loading.
@@ -223,7 +216,7 @@ def test_imagenet_path_runs_offline_from_a_seeded_keras_cache(tmp_path):
     # keras/src/applications/mobilenet_v2.py), so a file of the right name in
     # $KERAS_HOME/models is what the real loading code reads.
     seeded = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
-    _randomize(seeded, seed=5)
+    randomize_weights(seeded, seed=5)
     cache = tmp_path / "keras_home" / "models"
     cache.mkdir(parents=True)
     weights_file = cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"

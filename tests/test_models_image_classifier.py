@@ -5,14 +5,7 @@ import pytest
 
 import keras
 
-from kmedimg.layers import (
-    BackbonePreprocessing,
-    GeMPooling2D,
-    GreyToRGB,
-    IntensityScaling,
-    MedicalAugmentation,
-    Window,
-)
+from kmedimg.layers import GeMPooling2D, MedicalAugmentation
 from kmedimg.models import (
     ImageClassifier,
     as_image_classifier,
@@ -24,52 +17,15 @@ from kmedimg.models import (
     get_backbone,
 )
 
+from helpers import old_build_classifier, randomize_weights
+
 
 def _pixels(shape, batch=2, seed=0, high=256):
     return np.random.default_rng(seed).integers(0, high, (batch,) + tuple(shape)).astype("float32")
 
 
-def _randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        value = rng.normal(0, 0.1, variable.shape)
-        if "variance" in variable.path:
-            value = np.abs(value) + 0.5
-        variable.assign(value.astype(variable.dtype))
-
-
 def _numpy(x):
     return keras.ops.convert_to_numpy(x)
-
-
-def _old_build_classifier(backbone_model, record, input_shape, task, num_classes, head="avg", dropout=0.2,
-                          hidden_units=0, augmentation=None, input_dtype="uint8", window=None, inference=False):
-    """The functional model kmedimg 0.1.0's build_classifier returned (its code, inlined)."""
-    units, activation = (1, "sigmoid") if task == "binary" else (
-        num_classes, "softmax" if task == "multiclass" else "sigmoid")
-    inputs = keras.Input(shape=input_shape, name="pixels")
-    if window is not None:
-        x = Window(*window, name="window")(inputs)
-    else:
-        x = IntensityScaling(pixel_dtype=input_dtype, name="intensity_scaling")(inputs)
-    if augmentation is not None:
-        x = augmentation(x)
-    if input_shape[-1] == 1 and backbone_model.input.shape[-1] == 3:
-        x = GreyToRGB(name="grey_to_rgb")(x)
-    x = BackbonePreprocessing(record.preprocessing, name="backbone_preprocessing")(x)
-    x = backbone_model(x, training=False) if inference else backbone_model(x)
-    if head == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    elif head == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
-    else:
-        x = GeMPooling2D(name="pool")(x)
-    if hidden_units:
-        x = keras.layers.Dense(int(hidden_units), activation="relu", name="head_hidden")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, outputs, name=f"{record.name}_classifier")
 
 
 def test_parts_are_attributes_and_properties_name_the_task():
@@ -162,7 +118,7 @@ def test_saved_model_reloads_with_safe_mode_as_an_image_classifier(tmp_path):
         "lenet5", 3, (32, 32, 1), task="multiclass", head="gem", hidden_units=5, augmentation=True,
         dtype_policy="mixed_bfloat16",
     )
-    _randomize(model, seed=1)
+    randomize_weights(model, seed=1, scale=0.1)
     freeze_backbone(model, 2)
     x = _pixels((32, 32, 1), batch=3)
     expected = model.predict(x, verbose=0)
@@ -237,10 +193,10 @@ def test_old_functional_classifier_converts_with_identical_outputs(case, tmp_pat
         if arguments.pop("augmentation", None):
             # Any Keras layer kept its own name in the old builder.
             arguments["augmentation"] = MedicalAugmentation(name="my_augmentation")
-        old = _old_build_classifier(backbone, record, **arguments)
+        old = old_build_classifier(backbone, record, **arguments)
     finally:
         keras.config.set_dtype_policy("float32")
-    _randomize(old, seed=2)
+    randomize_weights(old, seed=2, scale=0.1)
     old.save(tmp_path / "model.keras")
     old = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     assert not isinstance(old, ImageClassifier)

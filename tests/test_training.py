@@ -16,6 +16,8 @@ import pytest
 from kmedimg import recipes, training
 from kmedimg.config import config_from_dict
 
+from helpers import h5_arrays, history_rows
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
 
@@ -258,21 +260,6 @@ def test_class_weights_from_manifest_counts():
         training.class_weights(manifest, "train", TrainingConfig(class_weight=[1.0]))
 
 
-def _history(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
-def _weights(path):
-    import h5py
-
-    arrays = []
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.append((name, item[()]))
-                          if isinstance(item, h5py.Dataset) else None)
-    return sorted(arrays, key=lambda pair: pair[0])
-
-
 def test_killed_run_resumes_to_the_same_weights(phantoms, tmp_path):
     recipe_file = tmp_path / "recipe.yaml"
     # Dropout and augmentation draw random numbers: their generator states must resume too.
@@ -309,7 +296,7 @@ def test_killed_run_resumes_to_the_same_weights(phantoms, tmp_path):
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
     assert not (victim_dir / "metrics.json").exists()
-    killed_rows = len(_history(history))
+    killed_rows = len(history_rows(history))
     assert 3 <= killed_rows < 5
 
     resumed = subprocess.run(command(victim_dir), env=environment, capture_output=True, text=True)
@@ -319,11 +306,11 @@ def test_killed_run_resumes_to_the_same_weights(phantoms, tmp_path):
     metrics = json.loads((victim_dir / "metrics.json").read_text())
     assert metrics["stages"][1]["resumed_after_epoch"] >= 1
     final = "backup/finetune.end.weights.h5"
-    reference_weights, victim_weights = _weights(reference_dir / final), _weights(victim_dir / final)
+    reference_weights, victim_weights = h5_arrays(reference_dir / final), h5_arrays(victim_dir / final)
     assert [name for name, _ in reference_weights] == [name for name, _ in victim_weights]
     for (name, expected), (_, actual) in zip(reference_weights, victim_weights):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6, err_msg=name)
-    reference_rows, victim_rows = _history(reference_dir / "history.csv"), _history(history)
+    reference_rows, victim_rows = history_rows(reference_dir / "history.csv"), history_rows(history)
     assert len(reference_rows) == len(victim_rows) == 5
     for expected, actual in zip(reference_rows, victim_rows):
         assert expected["stage"] == actual["stage"] and expected["epoch"] == actual["epoch"]

@@ -1,6 +1,5 @@
 """Training under faults: kills in any stage, disk full, damaged backups, moved runs."""
 
-import csv
 import json
 import os
 import pathlib
@@ -16,6 +15,8 @@ import pytest
 from kmedimg import training
 from kmedimg.config import config_from_dict
 from kmedimg.core.run_directory import RunDirectory
+
+from helpers import h5_arrays, history_rows
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -45,23 +46,8 @@ def _config(data, run_dir, head_epochs=2, finetune_epochs=2, **training_kw):
     })
 
 
-def _history(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
-def _weights(path):
-    import h5py
-
-    arrays = []
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.append((name, item[()]))
-                          if isinstance(item, h5py.Dataset) else None)
-    return sorted(arrays, key=lambda pair: pair[0])
-
-
 def _assert_same_weights(expected_path, actual_path):
-    expected, actual = _weights(expected_path), _weights(actual_path)
+    expected, actual = h5_arrays(expected_path), h5_arrays(actual_path)
     assert [name for name, _ in expected] == [name for name, _ in actual]
     for (name, want), (_, got) in zip(expected, actual):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -113,8 +99,8 @@ def test_kill_in_the_first_stage_resumes_every_epoch_of_the_second(phantoms, tmp
 
     expected = [("head_warmup", str(e), str(e)) for e in range(4)]
     expected += [("finetune", str(e), str(4 + e)) for e in range(3)]
-    assert _stage_epochs(_history(reference_dir / "history.csv")) == expected
-    assert _stage_epochs(_history(victim_dir / "history.csv")) == expected
+    assert _stage_epochs(history_rows(reference_dir / "history.csv")) == expected
+    assert _stage_epochs(history_rows(victim_dir / "history.csv")) == expected
     metrics = json.loads((victim_dir / "metrics.json").read_text())
     assert [stage["epochs_run"] for stage in metrics["stages"]] == [4, 3]
     assert metrics["stages"][0]["resumed_after_epoch"] >= 1
