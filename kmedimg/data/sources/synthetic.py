@@ -204,6 +204,8 @@ class PhantomSource:
     """
 
     task = "binary"
+    item_prefix = "phantom"
+    generator = "chest-x-ray phantom v1"
 
     def __init__(
         self, num_images, image_size=64, seed=0, opacity_fraction=0.5, dtype="uint8", split=None
@@ -258,9 +260,14 @@ class PhantomSource:
         rng = np.random.default_rng([self.seed, int(index)])
         opacity = bool(rng.random() < self.opacity_fraction)
         image, facts = render_phantom(rng, self.image_size, opacity)
+        image = self.acquire(rng, image)
         top = 65535 if self.dtype == "uint16" else 255
         pixels = np.rint(image * top).astype(self.dtype)[..., np.newaxis]
         return pixels, CLASS_NAMES[int(opacity)], facts
+
+    def acquire(self, rng, image):
+        """The site's acquisition of a `[0, 1]` phantom (this site: none). Subclasses change it."""
+        return image
 
     def __len__(self):
         return self.num_images
@@ -269,7 +276,7 @@ class PhantomSource:
         for index in range(self.num_images):
             pixels, label, facts = self.render(index)
             yield Item(
-                source=f"phantom[{index}]",
+                source=f"{self.item_prefix}[{index}]",
                 pixels=pixels,
                 labels=(label,),
                 split=self.split,
@@ -279,7 +286,7 @@ class PhantomSource:
     def describe(self):
         return {
             "format": "synthetic",
-            "generator": "chest-x-ray phantom v1",
+            "generator": self.generator,
             "num_images": self.num_images,
             "image_size": self.image_size,
             "seed": self.seed,

@@ -12,8 +12,7 @@ Image `i` depends only on `(seed, i)`, as for `PhantomSource`.
 
 import numpy as np
 
-from kmedimg.data.sources.base import Item
-from kmedimg.data.sources.synthetic import CLASS_NAMES, render_phantom
+from kmedimg.data.sources.synthetic import PhantomSource
 
 
 def site_exposure(rng, image):
@@ -33,7 +32,7 @@ def site_exposure(rng, image):
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-class SitePhantomSource:
+class SitePhantomSource(PhantomSource):
     """`num_images` phantoms from "site B": classes `normal`/`opacity`, uint8, one channel.
 
     A `Source` (see `kmedimg.data.sources.base`) for `kmedimg.data.writer.write_dataset`.
@@ -52,48 +51,17 @@ class SitePhantomSource:
     ```
     """
 
-    task = "binary"
+    item_prefix = "site-b-phantom"
+    generator = "chest-x-ray phantom v1, site B exposure (fog, heel effect, noise)"
 
     def __init__(self, num_images, image_size=32, seed=0, opacity_fraction=0.3):
-        if int(num_images) < 1:
-            raise ValueError(f"`num_images` must be >= 1. Received: num_images={num_images!r}")
-        if int(image_size) < 8:
-            raise ValueError(f"`image_size` must be >= 8. Received: image_size={image_size!r}")
-        if not 0.0 <= float(opacity_fraction) <= 1.0:
-            raise ValueError(
-                "`opacity_fraction` must be in [0, 1]. "
-                f"Received: opacity_fraction={opacity_fraction!r}"
-            )
-        self.num_images = int(num_images)
-        self.image_size = int(image_size)
-        self.seed = int(seed)
-        self.opacity_fraction = float(opacity_fraction)
-        self.class_names = list(CLASS_NAMES)
+        super().__init__(num_images, image_size=image_size, seed=seed,
+                         opacity_fraction=opacity_fraction)
 
-    def render(self, index):
-        """The image `index` as `(pixels HxWx1 uint8, label_name, facts)`."""
-        rng = np.random.default_rng([self.seed, int(index)])
-        opacity = bool(rng.random() < self.opacity_fraction)
-        image, facts = render_phantom(rng, self.image_size, opacity)
-        image = site_exposure(rng, image)
-        pixels = np.rint(image * 255).astype("uint8")[..., np.newaxis]
-        return pixels, CLASS_NAMES[int(opacity)], facts
-
-    def __len__(self):
-        return self.num_images
-
-    def __iter__(self):
-        for index in range(self.num_images):
-            pixels, label, facts = self.render(index)
-            yield Item(source=f"site-b-phantom[{index}]", pixels=pixels, labels=(label,),
-                       metadata=facts)
+    def acquire(self, rng, image):
+        return site_exposure(rng, image)
 
     def describe(self):
-        return {
-            "format": "synthetic",
-            "generator": "chest-x-ray phantom v1, site B exposure (fog, heel effect, noise)",
-            "num_images": self.num_images,
-            "image_size": self.image_size,
-            "seed": self.seed,
-            "opacity_fraction": self.opacity_fraction,
-        }
+        description = super().describe()
+        del description["dtype"]
+        return description
