@@ -103,3 +103,15 @@ def test_bad_progress_setting_names_the_variable(monkeypatch):
     monkeypatch.setenv("KMEDIMG_PROGRESS", "loud")
     with pytest.raises(ValueError, match=r"KMEDIMG_PROGRESS must be one of .*'loud'"):
         progress(range(3))
+
+
+def test_learning_rate_sweep_draws_a_bar(phantoms, monkeypatch, capsys):
+    from kmedimg.training.lr_finder import find_learning_rate
+
+    model = _tiny_model()
+    model.compile(optimizer="sgd", loss="binary_crossentropy")
+    data = load(phantoms, "train", image_size=16, batch_size=4, training=True, seed=0)
+    monkeypatch.setenv("KMEDIMG_PROGRESS", "1")
+    find_learning_rate(model, data, steps=12)
+    err = capsys.readouterr().err
+    assert "lr sweep:" in err and "/12 [" in err and "step/s" in err, err

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kmedimg import recipes as recipes_lib
+from kmedimg.core.progress import progress
 from kmedimg.training.build import build_model
 from kmedimg.training.datasets import (
     input_shape, num_outputs, read_training_manifest, steps_per_epoch, train_dataset,
@@ -97,11 +98,19 @@ class LRFinder(keras.callbacks.Callback):
         self.diverged = False
         self._average = 0.0
         self._previous_mean = 0.0
+        self._bar = None
 
     def learning_rate_at(self, step):
         """The learning rate of step `step` (0-based) of the sweep."""
         fraction = step / max(1, self.steps - 1)
         return self.min_lr * (self.max_lr / self.min_lr) ** fraction
+
+    def on_train_begin(self, logs=None):
+        self._bar = progress(total=self.steps, desc="lr sweep", unit="step")
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:
+            self._bar.close()
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate = self.learning_rate_at(len(self.learning_rates))
@@ -115,6 +124,10 @@ class LRFinder(keras.callbacks.Callback):
         self.losses.append(loss)
         self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
         self.smoothed.append(self._average / (1 - SMOOTHING ** (count + 1)))
+        if self._bar is not None:
+            self._bar.set_postfix(lr=f"{self.learning_rates[-1]:.2g}",
+                                  loss=f"{self.smoothed[-1]:.3g}", refresh=False)
+            self._bar.update(1)
         finite = [value for value in self.smoothed if math.isfinite(value)]
         if not math.isfinite(loss) or (
                 count >= 5 and self.smoothed[-1] > DIVERGENCE_FACTOR * min(finite)):
