@@ -6,7 +6,9 @@ import math
 
 import keras
 import numpy as np
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 import tensorflow as tf
 import yaml
 from PIL import Image
@@ -111,3 +113,20 @@ def test_bad_sweep_arguments_name_the_argument():
         lr_finder.LRFinder(steps=2)
     with pytest.raises(ValueError, match=r"`max_lr` must be greater than `min_lr`"):
         lr_finder.LRFinder(min_lr=1.0, max_lr=0.1)
+
+
+def test_suggestion_is_the_steepest_fall_of_a_known_curve():
+    lrs = list(np.logspace(-7, 0, 200))
+    # Flat, falls fastest around lr=1e-4, bottoms out near 1e-2, then diverges.
+    losses = [1.0 - 0.5 * math.tanh(2 * (math.log10(lr) + 4)) + max(0.0, math.log10(lr) + 2) ** 2
+              for lr in lrs]
+    suggestion, minimum = lr_finder.suggest_learning_rate(lrs, losses)
+    assert 5e-5 < suggestion < 2e-4 and 1e-3 < minimum < 3e-2
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(st.lists(st.floats(0.0, 10.0), min_size=3, max_size=120))
+def test_suggestion_is_always_inside_the_sweep(losses):
+    lrs = list(np.logspace(-7, 0, len(losses)))
+    suggestion, minimum = lr_finder.suggest_learning_rate(lrs, losses)
+    assert lrs[0] <= suggestion <= lrs[-1] and lrs[0] <= minimum <= lrs[-1]

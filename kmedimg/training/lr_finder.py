@@ -8,9 +8,10 @@ model for one stage of a recipe; `resolve_learning_rates(config)` replaces every
 `*learning_rate: find` option of a recipe with the value found.
 
 The suggestion rule (`SUGGESTION_RULE`): the learning rate where the smoothed loss
-falls fastest (the most negative slope of smoothed loss against log10(lr)), looked
-for between the first points and the minimum of the smoothed loss; when the loss
-never falls, the learning rate of the minimum divided by 10.
+falls fastest (the most negative slope of smoothed loss against log10(lr), measured
+over +-2.5% of the steps), looked for between the end of the smoothing's warm-up (the
+first 10% of the steps) and the minimum of the smoothed loss; when the loss never
+falls there, the learning rate of the minimum divided by 10.
 """
 
 import dataclasses
@@ -43,8 +44,8 @@ DIVERGENCE_FACTOR = 4.0
 #: Exponential smoothing of the loss curve (fastai's beta).
 SMOOTHING = 0.98
 SUGGESTION_RULE = (
-    "steepest descent of the smoothed loss against log10(lr), before its minimum "
-    "(else the minimum's lr / 10)"
+    "steepest descent of the smoothed loss against log10(lr) before its minimum, "
+    "skipping the first 10% of steps (else the minimum's lr / 10)"
 )
 
 
@@ -154,16 +155,23 @@ def suggest_learning_rate(learning_rates, smoothed):
             "once. Lower `min_lr` or check the data. Received: "
             f"{len(points)} finite of {len(smoothed)} steps"
         )
-    lrs = np.array([lr for lr, _ in points])
+    lrs = np.log10([lr for lr, _ in points])
     losses = np.array([loss for _, loss in points])
-    lowest = int(np.argmin(losses))
-    minimum_lr = float(lrs[lowest])
-    skip = min(len(points) // 10, max(0, lowest - 2))  # the smoothing's first points
-    if lowest - skip >= 2:
-        slopes = np.gradient(losses[skip:lowest + 1], np.log10(lrs[skip:lowest + 1]))
-        if np.min(slopes) < 0:
-            return float(lrs[skip + int(np.argmin(slopes))]), minimum_lr
-    return max(float(lrs[0]), minimum_lr / 10), minimum_lr
+    # The first points are the smoothing's warm-up (fastai skips them too).
+    skip = min(max(1, len(points) // 10), len(points) - 3)
+    lowest = skip + int(np.argmin(losses[skip:]))
+    minimum_lr = float(10 ** lrs[lowest])
+    # The slope over +-width points: a per-step slope follows the loss's noise.
+    width = max(1, len(points) // 40)
+    best, best_slope = None, 0.0
+    for index in range(skip + width, lowest - width + 1):
+        slope = ((losses[index + width] - losses[index - width])
+                 / (lrs[index + width] - lrs[index - width]))
+        if slope < best_slope:
+            best, best_slope = index, slope
+    if best is not None:
+        return float(10 ** lrs[best]), minimum_lr
+    return max(float(10 ** lrs[0]), minimum_lr / 10), minimum_lr
 
 
 def find_learning_rate(model, dataset, min_lr=DEFAULT_MIN_LR, max_lr=DEFAULT_MAX_LR,
