@@ -18,6 +18,7 @@ COMMANDS = [
     ("backbones", "kmedimg.cli.backbones"),
     ("advise", "kmedimg.cli.advise"),
     ("train", "kmedimg.cli.train"),
+    ("lr-find", "kmedimg.cli.lr_find"),
     ("tune", "kmedimg.cli.tune"),
     ("evaluate", "kmedimg.cli.evaluate"),
     ("predict", "kmedimg.cli.predict"),

@@ -43,7 +43,9 @@ def _recipe_section(raw, where):
     name = options.pop("name", RecipeSection.name)
     check_choice("recipe.name", name, list_recipes(), where, kind="key")
     try:
-        get_recipe(name, **options)
+        # `*learning_rate: find`: kmedimg.training.lr_finder sets the value at train time.
+        get_recipe(name, **{key: 1e-3 if value == "find" and key.endswith("learning_rate")
+                            else value for key, value in options.items()})
     except (ValueError, TypeError) as problem:
         raise ValueError(f"{where}: in section `recipe`: {problem}") from problem
     return RecipeSection(name=name, options=options)

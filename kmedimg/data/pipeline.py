@@ -97,7 +97,12 @@ def _checked_records(path, expected, compression):
             return tf.identity(sentinel_path)
 
     records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
-    records = records.concatenate(tf.data.Dataset.from_tensors(path).map(fail))
+    # from_tensor_slices, not from_tensors: tf.data's make_deterministic rewrite (on
+    # under op determinism) treats the stateful TensorDataset op as asynchronous
+    # nondeterminism and then runs the whole pipeline sequentially, logging an
+    # `E0000 ... use_unbounded_threadpool` line per map; TensorSliceDataset is exempt.
+    sentinel = tf.data.Dataset.from_tensor_slices(tf.reshape(path, [1]))
+    records = records.concatenate(sentinel.map(fail))
     return tf.data.Dataset.zip((tf.data.Dataset.range(expected), records))
 
 

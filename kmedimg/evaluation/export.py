@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from kmedimg.core.progress import progress
 from kmedimg.core.run_directory import join, write_json
 from kmedimg.data.pipeline import load, read_manifest
 from kmedimg.evaluation import inputs
@@ -98,7 +99,7 @@ def tflite_predict(model_path_or_content, images):
     interpreter.resize_tensor_input(input_detail["index"], [1, *images.shape[1:]])
     interpreter.allocate_tensors()
     outputs = []
-    for image in np.asarray(images, dtype=np.float32):
+    for image in progress(np.asarray(images, dtype=np.float32), desc="TFLite check", unit="image"):
         interpreter.set_tensor(input_detail["index"], image[np.newaxis])
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(output_detail["index"])[0].astype(np.float32))
@@ -172,7 +173,7 @@ def export_model(model, out_dir, format="keras", quantize="none", calibration=No
                 calibration = np.asarray(calibration, np.float32)
 
                 def representative():
-                    for image in calibration:
+                    for image in progress(calibration, desc="int8 calibration", unit="image"):
                         yield [image[np.newaxis]]
 
                 converter.representative_dataset = representative

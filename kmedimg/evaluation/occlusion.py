@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from kmedimg.core.progress import progress
 from kmedimg.evaluation.model_file import as_classifier
 from kmedimg.evaluation.scores import default_class, logit_score
 
@@ -81,7 +82,8 @@ def occlusion_sensitivity(model, images, class_index=None, patch_size=None, stri
         fill = image.mean(axis=(0, 1))
         total = np.zeros((height, width), np.float32)
         count = np.zeros((height, width), np.float32)
-        for start in range(0, len(positions), batch_size):
+        for start in progress(range(0, len(positions), batch_size),
+                              desc=f"occlusion {index + 1}/{len(images)}", unit="batch"):
             chunk = positions[start:start + batch_size]
             occluded = np.repeat(image[np.newaxis], len(chunk), axis=0)
             for row, (top, left) in enumerate(chunk):

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from kmedimg.core.progress import progress
 from kmedimg.data.manifest_files import as_manifest
 from kmedimg.data.pipeline import load
 from kmedimg.evaluation import inputs
@@ -140,7 +141,7 @@ def predict_dataset(model, data, tta="none"):
         )
     start = time.perf_counter()
     all_labels, all_probs, all_ids = [], [], []
-    for element in data:
+    for element in progress(data, max(int(data.cardinality()), 0) or None, "predict", "batch"):
         images, labels = element[0], element[1]
         all_probs.append(predict(images).numpy())
         all_labels.append(labels.numpy())

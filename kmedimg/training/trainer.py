@@ -23,6 +23,7 @@ from kmedimg.training.datasets import (
     train_dataset,
 )
 from kmedimg.training.feature_cache import compute_features, feature_cache_plan, feature_dataset
+from kmedimg.training.lr_finder import resolve_learning_rates
 from kmedimg.training.model_state import (
     backup_epoch, load_model_state, save_model_file, save_model_state,
 )
@@ -85,7 +86,9 @@ class Trainer:
         self.config = _with_absolute_data_path(config, self.directory)
         self.progress = progress
         self.say = print if progress else logger.info
-        self.recipe = recipes_lib.get_recipe(config.recipe.name, **config.recipe.options)
+        # `learning_rate: find` runs the finder here; its notes are printed with the others.
+        self.config, self.lr_notes = resolve_learning_rates(self.config, self._stored_recipe())
+        self.recipe = recipes_lib.get_recipe(self.config.recipe.name, **self.config.recipe.options)
         self.manifest = read_training_manifest(self.config)
         self.mode = _monitor_mode(self.config.training)
         self.strategy = self.settings = self.model = self.state = None
@@ -114,6 +117,12 @@ class Trainer:
         return self._finish(started)
 
     # -- set-up ----------------------------------------------------------------------
+
+    def _stored_recipe(self):
+        """The `recipe` section of this run directory's earlier run (a found lr stays)."""
+        if not self.directory.exists(RunDirectory.CONFIG):
+            return None
+        return self.directory.read_config().get("recipe") or None
 
     def _open_run_directory(self):
         """Strategy and platform checks, then the run directory and its resume state."""
@@ -190,7 +199,8 @@ class Trainer:
         if self.settings.jit_compile or self.settings.platform == "tpu":
             # Before any training: name the layers XLA cannot compile.
             distribute.check_layers_for_xla(self.model)
-        notes = [weight_note, *self.settings.notes, *self.model.kmedimg_init_notes]
+        notes = [weight_note, *self.lr_notes, *self.settings.notes,
+                 *self.model.kmedimg_init_notes]
         if determinism_note:
             notes.append(determinism_note)
         for note in notes:

@@ -4,6 +4,8 @@ import math
 import sys
 import time
 
+from kmedimg.core.progress import format_duration
+
 
 def format_value(value):
     if isinstance(value, float):
@@ -33,9 +35,15 @@ class TrialTable:
         self.best = None
         self.columns = None
         self.rows = 0
+        self.search_started = None
+        self.durations = []
+        self.begun = 0
 
-    def begin(self, trial, worker=None):
+    def begin(self, trial, worker=None, total=None):
+        """Prints the trial's start with its values, the search's elapsed time and ETA."""
         self.started[trial.trial_id] = time.monotonic()
+        self.search_started = self.search_started or time.monotonic()
+        self.begun += 1
         values = " ".join(
             f"{name.replace('tuner/', '')}={format_value(value)}"
             for name, value in trial.hyperparameters.values.items()
@@ -43,8 +51,23 @@ class TrialTable:
         )
         worker = worker or self.worker
         worker = f" on {worker}" if worker else ""
-        print(f"  > trial {trial.trial_id} started{worker}: {values}", file=self.stream,
-              flush=True)
+        print(f"  > trial {trial.trial_id}{self._timing(total)} started{worker}: {values}",
+              file=self.stream, flush=True)
+
+    def _timing(self, total):
+        """` (3/10; elapsed 04:10; ~01:23 per trial; ETA 11:04)`: the search so far.
+
+        Empty when the number of trials (`total`) is unknown.
+        """
+        if not total:
+            return ""
+        parts = [f"{self.begun}/{total}"]
+        parts.append(f"elapsed {format_duration(time.monotonic() - self.search_started)}")
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            parts.append(f"~{format_duration(mean)} per trial")
+            parts.append(f"ETA {format_duration(mean * max(0, total - self.begun + 1))}")
+        return f" ({'; '.join(parts)})"
 
     def _header(self, names):
         self.columns = names
@@ -70,6 +93,7 @@ class TrialTable:
             if better:
                 self.best = score
         seconds = time.monotonic() - self.started.pop(trial.trial_id, time.monotonic())
+        self.durations.append(seconds)
         cells = [
             trial.trial_id,
             str(trial.status).replace("TrialStatus.", ""),

@@ -136,7 +136,7 @@ class TrialHooks:
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
         if self.table is not None:
-            self.table.begin(trial)
+            self.table.begin(trial, total=self.oracle.max_trials)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
