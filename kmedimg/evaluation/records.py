@@ -8,10 +8,10 @@ and `kmedimg.runs.evaluate.evaluate_run`.
 
 import tensorflow as tf
 
+from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.decoder import RecordDecoder
 from kmedimg.data.parser import RecordParser
-from kmedimg.data.paths import join
 from kmedimg.data.pipeline import read_manifest
 
 

@@ -19,8 +19,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kmedimg.core.run_directory import join
 from kmedimg.data import schema
-from kmedimg.data.paths import join
 from kmedimg.data.pipeline import read_manifest
 from kmedimg.evaluation.prediction import predict_files, predict_records
 from kmedimg.runs.inference import load_model_for_inference
