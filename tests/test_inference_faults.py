@@ -19,9 +19,9 @@ import pytest
 
 from _evaluation_run import make_run
 from kmedimg import cli
-from kmedimg.core.errors import InputFileError
+from kmedimg.core.errors import InputFileError, ModelFileError
 from kmedimg.evaluation import export, inputs
-from kmedimg.runs import export_run
+from kmedimg.runs import export_run, predict_run
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +133,27 @@ def _evil_keras(run_dir, path, marker):
     return path
 
 
-@pytest.mark.parametrize("command", ["predict", "export"])
+def _model_command(command, model, image, out):
+    return {"predict": ["predict", model, image],
+            "explain": ["explain", model, image, "--out", out],
+            "export": ["export", model, "--out", out],
+            "evaluate": ["evaluate", os.path.dirname(model)]}[command]
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "export", "evaluate"])
 def test_model_naming_os_system_is_refused_and_runs_nothing(run, tmp_path, capsys, command):
     run_dir, data_dir, _ = run
     marker = tmp_path / "PWNED"
     evil = _evil_keras(run_dir, tmp_path / "model.keras", marker)
     _good_inputs(tmp_path, data_dir)
-    argv = ([command, str(evil), str(tmp_path / "good.png")] if command == "predict"
-            else [command, str(evil), "--out", str(tmp_path / "out")])
-    assert cli.main(argv) == 2
+    assert cli.main(_model_command(command, str(evil), str(tmp_path / "good.png"),
+                                   str(tmp_path / "out"))) == 2
     errors = capsys.readouterr().err
     assert "refused as unsafe" in errors and "'os.system'" in errors
     assert "Nothing from the file was run" in errors and "Traceback" not in errors
+    if command == "predict":  # the library function refuses it the same way
+        with pytest.raises(ModelFileError, match="refused as unsafe"):
+            predict_run(str(evil), [str(tmp_path / "good.png")])
     assert not marker.exists()
 
 
@@ -154,8 +163,9 @@ def test_hdf5_file_named_model_keras_says_what_it_is(run, tmp_path, capsys):
     h5_run.mkdir()
     model.save(tmp_path / "model.h5")
     shutil.copy(tmp_path / "model.h5", h5_run / "model.keras")
-    for target in (h5_run, h5_run / "model.keras"):
-        assert cli.main(["predict", str(target), str(tmp_path / "model.h5")]) == 2
+    for command in ("predict", "explain", "export", "evaluate"):
+        assert cli.main(_model_command(command, str(h5_run / "model.keras"),
+                                       str(tmp_path / "model.h5"), str(tmp_path / "out"))) == 2
         errors = capsys.readouterr().err
         assert "is an HDF5 file (the legacy Keras `.h5` format)" in errors
         assert "model.save('model.keras')" in errors and "File not found" not in errors

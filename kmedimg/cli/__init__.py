@@ -19,6 +19,8 @@ import traceback
 
 from kmedimg import __version__
 from kmedimg.core.errors import KmedimgError
+from kmedimg.core.model_files import check_model_file, refused_class_error
+from kmedimg.core.run_directory import RunDirectory
 
 COMMANDS = [
     ("convert", "kmedimg.cli.convert"),
@@ -47,6 +49,10 @@ EXPECTED_ERRORS = (KmedimgError, ValueError, OSError, MemoryError)
 _TF_FILE_ERRORS = ("NotFoundError", "PermissionDeniedError", "AlreadyExistsError")
 _TF_FILE_IO = os.path.join("tensorflow", "python", "lib", "io")
 UNEXPECTED_EXIT = 70
+# The argument naming the model (a run directory or a .keras file) of the commands that
+# open one: the file is checked first, and Keras refusing a class in it is explained.
+_MODEL_ARGUMENTS = {"evaluate": "run_dir", "predict": "model", "explain": "model",
+                    "export": "run"}
 ISSUES_URL = "https://github.com/kmedimg/kmedimg/issues"
 
 
@@ -94,12 +100,22 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        if _model_path(args):
+            check_model_file(_model_path(args))
         return args.handler(args) or 0
     except KeyboardInterrupt:
         print(f"kmedimg {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the one place every failure is reported
         return _report(args, error)
+
+
+def _model_path(args):
+    """The model file a command opens (`RUN_DIR/model.keras` for a run directory), or None."""
+    path = getattr(args, _MODEL_ARGUMENTS.get(args.command, ""), None)
+    if not path:
+        return None
+    return RunDirectory(path).model_path if os.path.isdir(path) else path
 
 
 def _is_expected(error):
@@ -124,6 +140,9 @@ def _one_line(error):
 
 def _report(args, error):
     """Prints `error` (one line if expected, else the traceback) and returns the exit status."""
+    refused = _model_path(args) and refused_class_error(_model_path(args), error)
+    if refused:
+        error = refused
     if not _is_expected(error):
         traceback.print_exc()
         print(f"kmedimg {args.command}: unexpected error {type(error).__name__}: this is a bug; "
