@@ -6,6 +6,7 @@ its preamble), a PNG whose header declares 10^10 pixels, a pickled object `.npy`
 """
 
 import csv
+import io
 import json
 import os
 import re
@@ -282,3 +283,44 @@ def test_flips_are_counted_per_task():
     check = export.compare_predictions(binary, moved, {"task": "binary", "threshold": threshold})
     assert check["flips"] == 1 and check["max_flip_rate"] == export.DEFAULT_MAX_FLIP_RATE
     assert check["max_abs_difference"] == pytest.approx(0.04)
+
+
+def _real_inputs():
+    """Bytes of real input files of each kind: a CT DICOM, a PNG and a .npy."""
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    png, npy = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(png, "PNG")
+    np.save(npy, np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))
+    return {".dcm": open(get_testdata_file("CT_small.dcm"), "rb").read(),
+            ".png": png.getvalue(), ".npy": npy.getvalue()}
+
+
+@pytest.mark.parametrize("suffix", [".dcm", ".png", ".npy"])
+def test_damaged_inputs_are_read_or_refused_with_the_file_named(tmp_path_factory, suffix):
+    """Any cut or flipped byte gives an image or an `InputFileError`, never another error."""
+    pytest.importorskip("pydicom")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    original = _real_inputs()[suffix]
+    folder = tmp_path_factory.mktemp("damaged")
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(cut=st.integers(0, len(original)), flips=st.lists(
+        st.tuples(st.integers(0, len(original) - 1), st.integers(1, 255)), max_size=4))
+    def check(cut, flips):
+        data = bytearray(original)
+        for position, mask in flips:
+            data[position] ^= mask
+        path = folder / f"input{suffix}"
+        path.write_bytes(bytes(data[:cut]))
+        try:
+            pixels = inputs.read_pixels(path)
+        except InputFileError as error:
+            assert error.path == str(path) and error.reason
+        else:
+            assert pixels.ndim == 3 and pixels.dtype.name in ("uint8", "uint16")
+
+    check()

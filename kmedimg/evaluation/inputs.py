@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from kmedimg.core.errors import InputFileError
 from kmedimg.data import schema
-from kmedimg.data.sources import dicom_objects, dicom_pixels, image_files
+from kmedimg.data.sources import dicom_objects, dicom_pixels, image_files, privacy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
@@ -108,8 +108,9 @@ def _read_array(path):
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(handle)
-    except (ValueError, OSError, EOFError) as error:
-        raise InputFileError(path, f"not a readable .npy file ({error}).") from None
+    except Exception as error:  # noqa: BLE001 - numpy's header parser raises many types
+        raise InputFileError(
+            path, f"not a readable .npy file ({type(error).__name__}: {error}).") from None
     if dtype.hasobject:
         raise InputFileError(path, (
             "holds an object array (pickled Python objects), which is refused as unsafe; "
@@ -118,6 +119,10 @@ def _read_array(path):
         raise InputFileError(path, (
             f"expected a uint8/uint16 image array of shape (H, W) or (H, W, C). "
             f"Received: shape={shape}, dtype={dtype}"))
+    if int(np.prod(shape)) * dtype.itemsize > os.path.getsize(path):
+        raise InputFileError(path, (
+            f"truncated .npy file: its header declares shape {shape} ({dtype}), more "
+            f"than the file holds. Received: {os.path.getsize(path)} bytes"))
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -135,10 +140,19 @@ def _is_dicom(path):
 
 def _read_dicom(path, window=None, offset=None, scale=None):
     try:
-        import pydicom
+        import pydicom  # noqa: F401 - optional extra
     except ImportError as error:
         raise InputFileError(
             path, "reading DICOM needs pydicom: pip install 'kmedimg[dicom]'.") from error
+    # pydicom's warnings and logs may quote the file's values (names, IDs): silenced.
+    with privacy.silenced("pydicom"):
+        return _decode_dicom(path, window, offset, scale)
+
+
+def _decode_dicom(path, window, offset, scale):
+    """The DICOM importer's checks and pixel rules on one file (first frame)."""
+    import pydicom
+
     has_preamble = _is_dicom(path)
     try:
         dataset = pydicom.dcmread(path, force=True)
@@ -146,12 +160,15 @@ def _read_dicom(path, window=None, offset=None, scale=None):
         raise InputFileError(path, (
             f"unreadable DICOM{'' if has_preamble else ' (no DICM preamble)'}: "
             f"{type(error).__name__}.")) from None
-    problem = dicom_objects.object_problem(dataset, has_preamble)
-    if not problem:
-        problem = dicom_objects.check_transfer_syntax(dataset, {})[1]
-    photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
-    if not problem:
-        problem = dicom_objects.pixel_problem(dataset, photometric, window)
+    try:
+        problem = dicom_objects.object_problem(dataset, has_preamble)
+        if not problem:
+            problem = dicom_objects.check_transfer_syntax(dataset, {})[1]
+        photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
+        if not problem:
+            problem = dicom_objects.pixel_problem(dataset, photometric, window)
+    except Exception as error:  # noqa: BLE001 - a damaged header: any element may fail
+        problem = f"unreadable DICOM header: {type(error).__name__}"
     if problem:
         raise InputFileError(path, f"{problem}.")
     try:
