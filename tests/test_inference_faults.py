@@ -324,3 +324,19 @@ def test_damaged_inputs_are_read_or_refused_with_the_file_named(tmp_path_factory
             assert pixels.ndim == 3 and pixels.dtype.name in ("uint8", "uint16")
 
     check()
+
+
+def test_int8_export_of_a_bare_model_file_needs_held_out_check_data(run, tmp_path, capsys):
+    run_dir, data_dir, _ = run
+    (tmp_path / "lone").mkdir()
+    model = shutil.copy(os.path.join(run_dir, "model.keras"), tmp_path / "lone" / "model.keras")
+    argv = ["export", str(model), "--format", "tflite", "--quantize", "int8",
+            "--calibration-data", data_dir, "--calibration-samples", "32"]
+    assert cli.main(argv) == 2
+    errors = capsys.readouterr().err
+    assert "is a bare .keras file that names no dataset; pass --check-data DIR" in errors
+    # The tiny run's outputs sit within ~0.005 of 0.5 (it has not learnt the phantoms), so
+    # int8 may change many decisions; the tolerance itself is tested on a confident model.
+    assert cli.main(argv + ["--check-data", data_dir, "--max-flip-rate", "1"]) == 0
+    record = json.load(open(tmp_path / "lone" / "export" / "tflite-int8" / "export.json"))
+    assert record["check"]["images_from"].endswith("held-out images of split 'val'")

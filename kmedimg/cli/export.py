@@ -42,8 +42,8 @@ def _run(args):
                         check_samples=args.check_samples, max_flip_rate=args.max_flip_rate,
                         overwrite=args.overwrite)
     check = record["check"]
-    flips = ("decision flips not measured" if check["flips"] is None else
-             f"{check['flips']} decision flips (tolerance {check['max_flip_rate']:.1%})")
-    print(f"{record['path']}  ({check['runtime']}: max |dp| = {check['max_abs_difference']:.2g}, "
+    flips = "" if check["flips"] is None else (
+        f", {check['flips']} decision flips (tolerance {check['max_flip_rate']:.1%})")
+    print(f"{record['path']}  ({check['runtime']}: max |dp| = {check['max_abs_difference']:.2g}"
           f"{flips} on {check['images_from']})")
     return 0

@@ -88,9 +88,8 @@ def export_run(path, format="keras", quantize="none", out=None, calibration_data
         calibration_data = calibration_data or run_data
         if not calibration_data:
             raise ValueError(
-                "int8 quantisation needs calibration images: the run's dataset is not "
-                f"reachable ({info.get('data_missing')}); pass --calibration-data DIR. "
-                "Received: calibration_data=None"
+                f"int8 quantisation needs calibration images, but {_no_dataset(info)}; "
+                "pass --calibration-data DIR. Received: calibration_data=None"
             )
         calibration = sample_images(model, calibration_data, calibration_split,
                                     calibration_samples)
@@ -104,15 +103,21 @@ def export_run(path, format="keras", quantize="none", out=None, calibration_data
         check["images_from"] = f"{len(check_images)} held-out images of split {split!r}"
     elif quantize == "int8":
         raise ValueError(
-            "The int8 export must be checked on held-out real images, but the run's dataset "
-            f"is not reachable ({info.get('data_missing')}); pass --check-data DIR (a "
-            "dataset of the run's kind, not the calibration images). Received: check_data=None"
+            f"The int8 export must be checked on held-out real images, but {_no_dataset(info)}; "
+            "pass --check-data DIR (a dataset of the run's kind, not the calibration images). "
+            "Received: check_data=None"
         )
     metadata = {"task": info["task"], "class_names": info.get("class_names"),
                 "threshold": info.get("threshold"), "source": info["model_path"]}
     return export_model(model, out, format, quantize, calibration=calibration,
                         check_images=check_images, metadata=metadata, check=check,
                         overwrite=overwrite)
+
+
+def _no_dataset(info):
+    if info.get("data_missing"):
+        return f"the run's dataset is not reachable at {info['data_missing']}"
+    return f"{info['model_path']} is a bare .keras file that names no dataset"
 
 
 def _default_out(path, info, folder):
