@@ -19,8 +19,7 @@ import traceback
 
 from kmedimg import __version__
 from kmedimg.core.errors import KmedimgError
-from kmedimg.core.model_files import check_model_file, refused_class_error
-from kmedimg.core.run_directory import RunDirectory
+from kmedimg.core.model_files import check_model_file, model_file_of, refused_class_error
 
 COMMANDS = [
     ("convert", "kmedimg.cli.convert"),
@@ -115,7 +114,7 @@ def _model_path(args):
     path = getattr(args, _MODEL_ARGUMENTS.get(args.command, ""), None)
     if not path:
         return None
-    return RunDirectory(path).model_path if os.path.isdir(path) else path
+    return model_file_of(path)
 
 
 def _is_expected(error):

@@ -4,6 +4,7 @@
 config naming a class Keras does not know (say `os.system`) is refused before anything
 from the file is run. These helpers turn what Keras reports into one clear message:
 
+- `model_file_of(path)`: `RUN_DIR/model.keras` for a run directory, else `path`.
 - `check_model_file(path)`: refuses a file named `.keras` that is an HDF5 (legacy
   `.h5`) file, or not a zip archive at all, saying what it is and what to do.
 - `refused_class_error(path, error)`: the `ModelFileError` for Keras' "Could not
@@ -23,10 +24,17 @@ import zipfile
 import tensorflow as tf
 
 from kmedimg.core.errors import ModelFileError
+from kmedimg.core.run_directory import RunDirectory
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 _UNLOCATED = re.compile(r"Could not locate (class|function) '([^']+)'")
+
+
+def model_file_of(path):
+    """The model file of `path`: `RUN_DIR/model.keras` for a run directory, else `path`."""
+    path = str(path)
+    return RunDirectory(path).model_path if tf.io.gfile.isdir(path) else path
 
 
 def check_model_file(path):

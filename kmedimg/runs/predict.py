@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from kmedimg.core.errors import InputFileError, KmedimgError
-from kmedimg.core.model_files import check_model_file, refused_class_error
-from kmedimg.core.run_directory import RunDirectory, join
+from kmedimg.core.model_files import check_model_file, model_file_of, refused_class_error
+from kmedimg.core.run_directory import join
 from kmedimg.data import schema
 from kmedimg.data.pipeline import read_manifest
 from kmedimg.evaluation import inputs
@@ -46,8 +46,7 @@ def load_checked_model(path):
         ModelFileError: for a `model.keras` that is an HDF5 or non-zip file, or whose
             config names a class that is neither Keras' nor kmedimg's (nothing is run).
     """
-    path = os.fspath(path)
-    model_path = RunDirectory(path).model_path if tf.io.gfile.isdir(path) else path
+    model_path = model_file_of(os.fspath(path))
     check_model_file(model_path)
     try:
         return load_model_for_inference(path)
