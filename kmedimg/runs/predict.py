@@ -39,8 +39,8 @@ def is_dataset_dir(path):
     return tf.io.gfile.isdir(path) and tf.io.gfile.exists(join(path, schema.MANIFEST_NAME))
 
 
-def load_checked_model(path):
-    """`load_model_for_inference(path)`, refusing HDF5/non-zip files and unknown classes clearly.
+def load_checked_model(path, **options):
+    """`load_model_for_inference(path, **options)`, refusing bad model files clearly.
 
     Raises:
         ModelFileError: for a `model.keras` that is an HDF5 or non-zip file, or whose
@@ -49,7 +49,7 @@ def load_checked_model(path):
     model_path = model_file_of(os.fspath(path))
     check_model_file(model_path)
     try:
-        return load_model_for_inference(path)
+        return load_model_for_inference(path, **options)
     except TypeError as error:
         refused = refused_class_error(model_path, error)
         if refused is None:
