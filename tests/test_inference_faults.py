@@ -200,10 +200,12 @@ def test_export_refuses_an_existing_output_without_overwrite(run, tmp_path, caps
 def _blank_dataset(tmp_path, capsys):
     from PIL import Image
 
-    for label in ("normal", "opacity"):
+    # Blank images: 0 for one class, 1 for the other (identical images under two labels
+    # are refused by convert).
+    for value, label in enumerate(("normal", "opacity")):
         (tmp_path / "blank" / label).mkdir(parents=True)
         for index in range(10):
-            Image.fromarray(np.zeros((64, 64), np.uint8)).save(
+            Image.fromarray(np.full((64, 64), value, np.uint8)).save(
                 tmp_path / "blank" / label / f"{index}.png")
     out = tmp_path / "blank_data"
     assert cli.main(["convert", str(tmp_path / "blank"), str(out), "--no-progress",
