@@ -192,8 +192,12 @@ def test_export_round_trip_with_real_runtimes(run, tmp_path, format, quantize):
     run_dir, data_dir, model = run
     images, _ = _test_images(data_dir, 16)
     out = tmp_path / f"{format}-{quantize}"
+    # This 2-epoch model's probabilities all sit within ~0.005 of 0.5 (it has not learnt
+    # the phantoms), so int8 may change many decisions at its operating point: the flip
+    # check is off here; tests/test_inference_faults.py tests it on a confident model.
     assert cli.main(["export", run_dir, "--format", format, "--quantize", quantize,
-                     "--out", str(out), "--calibration-samples", "64"]) == 0
+                     "--out", str(out), "--calibration-samples", "64",
+                     "--max-flip-rate", "1"]) == 0
     record = json.load(open(out / "export.json"))
     expected = np.asarray(model(images, training=False))
     if format == "keras":

@@ -14,7 +14,9 @@ def add_parser(subparsers):
     parser = subparsers.add_parser(
         "predict", help="probabilities for images, DICOM folders or a TFRecord split, as CSV",
         description="Writes one CSV row per input with the probability of every class and the "
-                    "decision at the run's validation-chosen operating point (else 0.5/argmax).")
+                    "decision at the run's validation-chosen operating point (else 0.5/argmax). "
+                    "Input files that cannot be read are listed on stderr with their reason "
+                    "and the others are still predicted; the exit status is then 1.")
     parser.add_argument("model", metavar="MODEL", help="a run directory or a .keras file")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="image files (PNG/JPEG/TIFF), .npy, DICOM files, folders of them, "
@@ -36,16 +38,23 @@ def _run(args):
     table = predict_run(args.model, args.inputs, split=args.split, batch_size=args.batch_size,
                         tta=args.tta, operating_point=args.operating_point)
     source = table.pop("threshold_source")
+    failed = table.pop("failed")
     print(_decision_note(table["threshold"], source), file=sys.stderr)
     text = predictions_csv(**table)
     if args.out == "-":
         sys.stdout.write(text)
+    else:
+        write_text(args.out, text)
+        count = len(table["ids"])
+        seconds = time.perf_counter() - start
+        print(f"{count} predictions -> {args.out} ({count / seconds:.1f} inputs/s)")
+    if not failed:
         return 0
-    write_text(args.out, text)
-    count = len(table["ids"])
-    seconds = time.perf_counter() - start
-    print(f"{count} predictions -> {args.out} ({count / seconds:.1f} inputs/s)")
-    return 0
+    print(f"kmedimg predict: {len(failed)} of {len(failed) + len(table['ids'])} input files "
+          "could not be read and were not predicted:", file=sys.stderr)
+    for path, reason in failed:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 1
 
 
 def _decision_note(threshold, source):

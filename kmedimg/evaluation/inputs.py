@@ -12,8 +12,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kmedimg.core.errors import InputFileError
 from kmedimg.data import schema
-from kmedimg.data.sources import dicom_pixels, image_files
+from kmedimg.data.sources import dicom_objects, dicom_pixels, image_files, privacy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
@@ -50,7 +51,9 @@ def read_pixels(path, dtype="auto", dicom=None):
         `np.ndarray` [H, W, C].
 
     Raises:
-        ValueError: naming the file, for an unreadable or unsupported input.
+        FileNotFoundError: when `path` is not a file.
+        InputFileError: (a `ValueError`) naming the file and the reason, for an
+            unreadable, unsafe or unsupported input.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
@@ -61,22 +64,19 @@ def read_pixels(path, dtype="auto", dicom=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such input file: {path}")
     if suffix in ARRAY_SUFFIXES:
-        pixels = np.load(path, allow_pickle=False)
+        pixels = _read_array(path)
     elif suffix in DICOM_SUFFIXES or _is_dicom(path):
         pixels = _read_dicom(path, **(dicom or {}))
     elif suffix in IMAGE_SUFFIXES:
-        try:
-            is_grey, sixteen_bit = image_files.probe(path)
-            stored = "uint16" if sixteen_bit else "uint8"
-            pixels = image_files.load(path, 1 if is_grey else 3, stored if dtype == "auto" else dtype)
-        except image_files.ImageFileError as error:
-            raise ValueError(f"{path}: {error}.") from None
+        pixels = _read_image(path, dtype)
     else:
-        raise ValueError(
-            f"{path}: unsupported input type. Allowed suffixes: "
-            f"{IMAGE_SUFFIXES + ARRAY_SUFFIXES + DICOM_SUFFIXES}. Received: suffix={suffix!r}"
-        )
-    pixels = schema.check_pixels(pixels, where=path)
+        raise InputFileError(path, (
+            f"unsupported input type. Allowed suffixes: "
+            f"{IMAGE_SUFFIXES + ARRAY_SUFFIXES + DICOM_SUFFIXES}. Received: suffix={suffix!r}"))
+    try:
+        pixels = schema.check_pixels(pixels, where="pixels")
+    except ValueError as error:
+        raise InputFileError(path, str(error).removeprefix("pixels: ")) from None
     if dtype != "auto" and pixels.dtype.name != dtype:
         if dtype == "uint16":
             pixels = pixels.astype(np.uint16) * np.uint16(257)
@@ -85,32 +85,109 @@ def read_pixels(path, dtype="auto", dicom=None):
     return pixels
 
 
+def _read_image(path, dtype):
+    from PIL import Image
+
+    try:
+        is_grey, sixteen_bit = image_files.probe(path)
+        stored = "uint16" if sixteen_bit else "uint8"
+        return image_files.load(path, 1 if is_grey else 3, stored if dtype == "auto" else dtype)
+    except image_files.ImageFileError as error:
+        raise InputFileError(path, f"{error}.") from None
+    except Image.DecompressionBombError as error:
+        raise InputFileError(path, (
+            f"refused as a possible decompression bomb: {error} Downscale the image "
+            "before passing it.")) from None
+
+
+def _read_array(path):
+    """A `.npy` file's array, after checking its header: numeric, image-shaped, not pickled."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+    except Exception as error:  # noqa: BLE001 - numpy's header parser raises many types
+        raise InputFileError(
+            path, f"not a readable .npy file ({type(error).__name__}: {error}).") from None
+    if dtype.hasobject:
+        raise InputFileError(path, (
+            "holds an object array (pickled Python objects), which is refused as unsafe; "
+            "save the image as a numeric uint8/uint16 array. Received: dtype=object"))
+    if len(shape) not in (2, 3) or dtype.name not in schema.DTYPES:
+        raise InputFileError(path, (
+            f"expected a uint8/uint16 image array of shape (H, W) or (H, W, C). "
+            f"Received: shape={shape}, dtype={dtype}"))
+    if int(np.prod(shape)) * dtype.itemsize > os.path.getsize(path):
+        raise InputFileError(path, (
+            f"truncated .npy file: its header declares shape {shape} ({dtype}), more "
+            f"than the file holds. Received: {os.path.getsize(path)} bytes"))
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise InputFileError(path, f"not a readable .npy file (truncated?): {error}.") from None
+
+
 def _is_dicom(path):
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _read_dicom(path, window=None, offset=None, scale=None):
     try:
-        import pydicom
+        import pydicom  # noqa: F401 - optional extra
     except ImportError as error:
-        raise ValueError(
-            f"{path}: reading DICOM needs pydicom: pip install 'kmedimg[dicom]'."
-        ) from error
-    dataset = pydicom.dcmread(path)
-    frame = dataset.pixel_array
-    if getattr(dataset, "NumberOfFrames", 1) not in (None, 1, "1"):
-        frame = frame[0]
+        raise InputFileError(
+            path, "reading DICOM needs pydicom: pip install 'kmedimg[dicom]'.") from error
+    # pydicom's warnings and logs may quote the file's values (names, IDs): silenced.
+    with privacy.silenced("pydicom"):
+        return _decode_dicom(path, window, offset, scale)
+
+
+def _decode_dicom(path, window, offset, scale):
+    """The DICOM importer's checks and pixel rules on one file (first frame)."""
+    import pydicom
+
+    has_preamble = _is_dicom(path)
     try:
-        if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
+        dataset = pydicom.dcmread(path, force=True)
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types
+        raise InputFileError(path, (
+            f"unreadable DICOM{'' if has_preamble else ' (no DICM preamble)'}: "
+            f"{type(error).__name__}.")) from None
+    try:
+        problem = dicom_objects.object_problem(dataset, has_preamble)
+        if not problem:
+            problem = dicom_objects.check_transfer_syntax(dataset, {})[1]
+        photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
+        if not problem:
+            problem = dicom_objects.pixel_problem(dataset, photometric, window)
+    except Exception as error:  # noqa: BLE001 - a damaged header: any element may fail
+        problem = f"unreadable DICOM header: {type(error).__name__}"
+    if problem:
+        raise InputFileError(path, f"{problem}.")
+    try:
+        frame = np.asarray(dataset.pixel_array)
+        if getattr(dataset, "NumberOfFrames", 1) not in (None, 1, "1"):
+            frame = frame[0]
+        if photometric.startswith("MONOCHROME"):
             return dicom_pixels.monochrome_frame(
-                dataset, frame, 0, window,
+                dataset, dicom_pixels.native(frame), 0, window,
                 dicom_pixels.DEFAULT_OFFSET if offset is None else offset,
                 1.0 if scale is None else scale)[0]
         return dicom_pixels.colour_frame(dataset, frame)[0]
     except dicom_pixels.PixelError as error:
-        raise ValueError(f"{path}: {error}.") from None
+        raise InputFileError(path, f"{error}.") from None
+    except Exception as error:  # noqa: BLE001 - decoders raise many types
+        text = str(error)
+        truncated = "less than expected" in text or "truncated" in text
+        kind = "truncated" if truncated else "cannot decode"
+        raise InputFileError(path, f"{kind} Pixel Data: {type(error).__name__}: {text}") from None
 
 
 def fit_to_model(pixels, input_spec):
