@@ -8,6 +8,8 @@ the manifest (Hypothesis) either load or raise a `ValueError` naming the file.
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
@@ -224,3 +226,28 @@ def test_malformed_numbers_and_names_are_refused(copy, field, value, name):
     with pytest.raises(ValueError) as info:
         read_manifest(copy)
     assert name in str(info.value) and str(copy / schema.MANIFEST_NAME) in str(info.value)
+
+
+def test_train_on_a_corrupt_shard_is_one_line_naming_it(copy, tmp_path):
+    """The real `kmedimg train` on a flipped byte: the shard and the fix, no traceback."""
+    shard = read_manifest(copy).splits["train"].shards[0].path
+    data = bytearray((copy / shard).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / shard).write_bytes(bytes(data))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"data: {{path: {copy}, batch_size: 4, image_size: 32}}\n"
+        "model: {backbone: lenet5}\n"
+        "recipe: {name: from_scratch, epochs: 2}\n"
+        "training: {early_stopping_patience: 0}\n"
+        "evaluation: {bootstrap: 0}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "kmedimg", "train", str(recipe), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kmedimg train: error:") and "dataset is corrupt" in last, last
+    assert str(copy / shard) in last and "kmedimg inspect --verify" in last, last

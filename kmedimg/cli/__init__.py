@@ -20,6 +20,7 @@ import traceback
 from kmedimg import __version__
 from kmedimg.core.errors import KmedimgError
 from kmedimg.core.model_files import check_model_file, model_file_of, refused_class_error
+from kmedimg.data.manifest_files import read_error
 
 COMMANDS = [
     ("convert", "kmedimg.cli.convert"),
@@ -37,8 +38,8 @@ COMMANDS = [
 ]
 
 # Optional extras a subcommand may need, by the top-level package that failed to import.
-_EXTRAS = {"keras_tuner": "tune", "matplotlib": "report", "pydicom": "dicom",
-           "nibabel": "nifti", "tensorflow_datasets": "tfds"}
+_EXTRAS = {"keras_tuner": "tune", "pydicom": "dicom", "nibabel": "nifti",
+           "tensorflow_datasets": "tfds"}
 
 # Failures a user can fix from the message alone: printed as one line. OSError covers
 # a missing file, permission denied and a full disk (its message names the path).
@@ -141,8 +142,8 @@ def _one_line(error):
 def _report(args, error):
     """Prints `error` (one line if expected, else the traceback) and returns the exit status."""
     refused = _model_path(args) and refused_class_error(_model_path(args), error)
-    if refused:
-        error = refused
+    # A corrupt shard met inside tf.data (train, evaluate, predict) is named, not a traceback.
+    error = refused or read_error(error) or error
     if not _is_expected(error):
         traceback.print_exc()
         print(f"kmedimg {args.command}: unexpected error {type(error).__name__}: this is a bug; "
