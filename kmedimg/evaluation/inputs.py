@@ -19,6 +19,9 @@ from kmedimg.data.sources import dicom_objects, dicom_pixels, image_files, priva
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# Salt of the value hashes in DICOM error messages (values outside the allow-lists are
+# never echoed); per process, so a message's hash cannot be looked up in a table.
+_MESSAGE_SALT = os.urandom(16)
 
 
 def model_input_spec(model):
@@ -161,12 +164,12 @@ def _decode_dicom(path, window, offset, scale):
             f"unreadable DICOM{'' if has_preamble else ' (no DICM preamble)'}: "
             f"{type(error).__name__}.")) from None
     try:
-        problem = dicom_objects.object_problem(dataset, has_preamble)
+        problem = dicom_objects.object_problem(dataset, has_preamble, _MESSAGE_SALT)
         if not problem:
-            problem = dicom_objects.check_transfer_syntax(dataset, {})[1]
+            problem = dicom_objects.check_transfer_syntax(dataset, {}, _MESSAGE_SALT)[1]
         photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
         if not problem:
-            problem = dicom_objects.pixel_problem(dataset, photometric, window)
+            problem = dicom_objects.pixel_problem(dataset, photometric, window, _MESSAGE_SALT)
     except Exception as error:  # noqa: BLE001 - a damaged header: any element may fail
         problem = f"unreadable DICOM header: {type(error).__name__}"
     if problem:

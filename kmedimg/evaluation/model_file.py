@@ -6,6 +6,7 @@ import keras
 
 import kmedimg.layers  # noqa: F401 - registers the serializable layers
 import kmedimg.optimizers  # noqa: F401 - registers the optimizer of compiled models
+from kmedimg.core.model_files import check_model_file, refused_class_error
 from kmedimg.models import as_image_classifier
 
 
@@ -25,10 +26,17 @@ def load_keras_model(path, task=None, input_dtype=None):
             `model.input_dtype`). Defaults to `None` (read from the model).
 
     Raises:
-        ValueError: naming the file, when it holds no kmedimg classifier.
+        ValueError: naming the file, when it holds no kmedimg classifier, is no
+            `.keras` archive (e.g. an HDF5 file named `.keras`) or names a class
+            that is neither Keras' nor kmedimg's (refused unrun).
     """
     path = os.fspath(path)
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    check_model_file(path)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except TypeError as error:
+        # Safe mode refused a class the file names (e.g. `os.system`): nothing ran.
+        raise refused_class_error(path, error) or error from None
     try:
         return as_classifier(model, task=task, input_dtype=input_dtype)
     except ValueError as error:
