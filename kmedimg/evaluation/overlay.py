@@ -1,6 +1,6 @@
 """Heatmap overlays: the input in its stored intensities with the explanation over it.
 
-matplotlib (the `[report]` extra) is imported only when a figure is drawn.
+matplotlib (a core dependency) is imported only when a figure is drawn.
 """
 
 import io

@@ -1,6 +1,6 @@
 """The HTML and figure helpers of `report.html`: tables, formatted intervals, embedded PNGs.
 
-matplotlib (the `[report]` extra) is imported only when a figure is drawn.
+matplotlib (a core dependency) is imported only when a figure is drawn.
 """
 
 import base64

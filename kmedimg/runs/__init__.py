@@ -7,6 +7,7 @@ Each is one function that the `kmedimg` command of the same name calls:
 - `evaluate_run`, `predict_run`, `explain_run`, `export_run`: work on a finished run
   (local, gs:// or any tf.io.gfile file system); `kmedimg evaluate|predict|explain|export`.
 - `load_model_for_inference`: a run's model and what is known about it.
+- `lr_find_run`: the learning-rate finder on a recipe; `kmedimg lr-find`.
 - `run_demo`: the offline end-to-end demo; `kmedimg demo`.
 """
 
@@ -15,6 +16,7 @@ from kmedimg.runs.evaluate import evaluate_run
 from kmedimg.runs.explain import explain_run
 from kmedimg.runs.export import export_run
 from kmedimg.runs.inference import describe_dataset, load_model_for_inference
+from kmedimg.runs.lr_find import lr_find_run
 from kmedimg.runs.predict import predict_run
 from kmedimg.runs.tables import format_table, metric_with_interval, summary_rows
 from kmedimg.runs.train import evaluate_splits, train_and_evaluate
@@ -27,6 +29,7 @@ __all__ = [
     "export_run",
     "format_table",
     "load_model_for_inference",
+    "lr_find_run",
     "metric_with_interval",
     "predict_run",
     "run_demo",

@@ -47,6 +47,6 @@ def _require_matplotlib():
         import matplotlib  # noqa: F401
     except ImportError as error:
         raise ValueError(
-            "the learning-rate plot needs matplotlib: pip install 'kmedimg[report]'. "
+            "the learning-rate plot needs matplotlib, a core dependency of kmedimg: reinstall it (pip install kmedimg). "
             f"Received: {error}"
         ) from error

@@ -102,7 +102,7 @@ def _is_number(value):
 def export_results(oracle, out_dir, objective="val_auc"):
     """Writes `trials.csv` and the objective plot into `out_dir`; returns their paths.
 
-    The plot needs matplotlib (`pip install kmedimg[report]`); without it the plot
+    The plot needs matplotlib (a core dependency); without it the plot
     path is `None` and the CSV is still written.
     """
     os.makedirs(out_dir, exist_ok=True)

@@ -148,7 +148,7 @@ def _finish(tuner, hypermodel, config, settings, result, stream):
     print(f"\nBest trial {best.trial_id}: {settings.objective} = {best.score:.4f}", file=stream)
     for name, value in result.best_values.items():
         print(f"  {name:>24} = {value}", file=stream)
-    plot = result.plot or "(needs matplotlib: pip install kmedimg[report])"
+    plot = result.plot or "(needs matplotlib, a core dependency of kmedimg: reinstall it)"
     print(f"Trials:      {result.trials_csv}\nPlot:        {plot}\n"
           f"Best recipe: {result.best_recipe}", file=stream, flush=True)
     return result
