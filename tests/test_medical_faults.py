@@ -89,8 +89,10 @@ def test_source_path_with_phi_is_not_stored(tmp_path, capsys, caplog):
     assert args["src_hash"] == key
     _assert_no_phi(tmp_path / "out", capsys.readouterr(), caplog)
     nifti = tmp_path / "nii" / "export_DOE_JOHN_MRN998877"
-    for label in ("a", "b"):
-        _volume(nifti / label / "v.nii.gz", np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    for offset, label in enumerate(("a", "b")):
+        # Distinct volumes: identical images under two labels are rejected as conflicts.
+        _volume(nifti / label / "v.nii.gz",
+                (np.arange(60, dtype=np.int16) % (7 + offset)).reshape(3, 4, 5))
     assert _convert(nifti, tmp_path / "out2", tmp_path) == 0
     _assert_no_phi(tmp_path / "out2", capsys.readouterr(), caplog)
     # Asked for: --keep-filenames keeps the path.
@@ -117,7 +119,12 @@ def _phi_dicoms(root):
     sop = copy.deepcopy(base)
     sop.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.998877"
     _save(sop, root / "b" / "f4.dcm")
-    _save(base, root / "b" / "f5.dcm")
+    # Pixels unlike f3's: identical images under two labels are rejected as conflicts.
+    other = copy.deepcopy(base)
+    pixels = other.pixel_array.copy()
+    pixels[0, 0] += 1
+    other.PixelData = pixels.tobytes()
+    _save(other, root / "b" / "f5.dcm")
 
 
 def test_code_values_with_phi_are_never_echoed(tmp_path, capsys, caplog):

@@ -215,10 +215,12 @@ def test_convert_command(tmp_path, capsys):
     from kmedimg.data.pipeline import read_manifest
 
     root = tmp_path / "tree"
+    rng = np.random.default_rng(0)
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
         for index in range(2):
-            data = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7) * (index + 1)
+            # Distinct volumes: identical images under two labels are rejected as conflicts.
+            data = rng.integers(0, 1000, (5, 6, 7)).astype(np.int16)
             _save(root / label / f"v{index}.nii.gz", data)
     code = main(["convert", str(root), str(tmp_path / "out"), "--axis", "coronal",
                  "--slices", "2", "--salt-file", str(tmp_path / "salt"), "--workers", "1",
