@@ -136,3 +136,16 @@ def test_a_bank_entry_from_a_finished_run_is_what_a_recipe_starts_from(homes, tm
 def test_an_unknown_bank_name_is_refused_before_training(homes, tmp_path):
     with pytest.raises(ValueError, match=r"No weights bank entry 'nothing'.*kmedimg weights add"):
         models.build_classifier("lenet5", 1, (32, 32, 1), weights="bank:nothing")
+
+
+def test_list_shows_bank_entries_and_verify_reports_a_changed_file(homes, capsys):
+    backbone = models.get_backbone_model(models.build_classifier("lenet5", 1, (32, 32, 1)))
+    record = models.bank.add_entry(backbone, "tiny", "/runs/tiny", "")
+    assert cli.main(["weights", "list", "--backbone", "lenet5"]) == 0
+    output = capsys.readouterr().out
+    assert "Weights bank" in output and "1 entries" in output
+    assert f"tiny  lenet5    32x32  1         /runs/tiny  {record['sha256']}" in output
+    path = pathlib.Path(os.environ["KMEDIMG_HOME"]) / "weights" / "tiny" / "backbone.keras"
+    path.write_bytes(path.read_bytes() + b"\0")
+    assert cli.main(["weights", "verify"]) == 1
+    assert "FAIL bank     tiny: sha256" in capsys.readouterr().out
