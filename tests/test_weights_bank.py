@@ -99,6 +99,13 @@ def test_offline_imagenet_recipe_fails_before_any_run_directory(homes, tmp_path,
     assert "kmedimg weights import FILE" in lines[0]
     assert not run_dir.exists()
 
+    # An unknown bank name is refused at the same point.
+    recipe.write_text("model: {backbone: lenet5, weights: 'bank:nothing'}\n"
+                      "recipe: {name: two_stage}\ndata: {image_size: 96}\n")
+    assert cli.main(["train", str(recipe), "--data", str(data), "--out", str(run_dir), "--quiet"]) == 2
+    assert "No weights bank entry 'nothing'" in capsys.readouterr().err
+    assert not run_dir.exists()
+
 
 def test_a_bank_entry_from_a_finished_run_is_what_a_recipe_starts_from(homes, tmp_path, capsys):
     run_dir, data_dir, trained = make_run(str(tmp_path / "source"), num_images=64, epochs=1)
