@@ -1,5 +1,6 @@
 """`kmedimg weights`: ImageNet files without the internet, and the local weights bank."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -75,7 +76,6 @@ def test_import_refuses_a_file_whose_hash_differs_from_the_one_keras_publishes(h
     error = capsys.readouterr().err
     # Keras publishes this md5 in keras/src/applications/resnet.py (WEIGHTS_HASHES).
     assert "expected 4d473c1dd8becc155b73f8504c6f6626" in error
-    import hashlib
     assert f"got {hashlib.md5(fake.read_bytes()).hexdigest()}" in error
     assert not (homes / RESNET50).exists()
 

@@ -12,9 +12,11 @@ def add_parser(subparsers):
         "finished run's backbone to the local bank (use it as `model.weights: bank:NAME`).",
     )
     actions = parser.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="expected ImageNet files, cache state, bank entries")
+    listing = actions.add_parser("list",
+                                 help="expected ImageNet files, cache state, bank entries")
     listing.add_argument("--backbone", default=None, help="only this backbone")
-    importing = actions.add_parser("import", help="check a brought-in file, copy it to the Keras cache")
+    importing = actions.add_parser("import",
+                                   help="check a brought-in file, copy it to the Keras cache")
     importing.add_argument("file")
     importing.add_argument("--backbone", default=None, help="only match this backbone's files")
     actions.add_parser("verify", help="re-check cached ImageNet files and bank entries")
@@ -26,7 +28,8 @@ def add_parser(subparsers):
 
 def _table(rows):
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    lines = ("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(lines)
 
 
 def _list(backbone):

@@ -12,7 +12,6 @@ within 3 seconds.
 """
 
 import contextlib
-import hashlib
 import os
 import shutil
 import socket
@@ -85,15 +84,6 @@ def imagenet_file(record, input_shape=None):
     except Exception:  # noqa: BLE001 - any other failure: the file cannot be derived
         return None
     return None
-
-
-def sha256_of(path):
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _host_reachable(url):
@@ -175,5 +165,5 @@ def load_file_names(record):
     return names
 
 
-__all__ = ["check_imagenet_available", "imagenet_file", "import_imagenet_file",
-           "keras_cache_dir", "keras"]
+__all__ = ["check_architecture", "check_imagenet_available", "check_imagenet_file",
+           "imagenet_file", "import_imagenet_file", "keras_cache_dir", "load_file_names"]

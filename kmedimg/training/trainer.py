@@ -13,7 +13,9 @@ from kmedimg import distribute
 from kmedimg import recipes as recipes_lib
 from kmedimg.config import RecipeConfig
 from kmedimg.core.run_directory import RunDirectory
-from kmedimg.training.build import build_model, check_initial_weights, get_strategy, platform_settings
+from kmedimg.training.build import (
+    build_model, check_initial_weights, get_strategy, platform_settings,
+)
 from kmedimg.training.callbacks import (
     BestCheckpoint, HistoryWriter, ResumableBackup, ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
