@@ -26,6 +26,7 @@ COMMANDS = [
     ("convert", "kmedimg.cli.convert"),
     ("inspect", "kmedimg.cli.inspect"),
     ("backbones", "kmedimg.cli.backbones"),
+    ("weights", "kmedimg.cli.weights"),
     ("advise", "kmedimg.cli.advise"),
     ("train", "kmedimg.cli.train"),
     ("lr-find", "kmedimg.cli.lr_find"),

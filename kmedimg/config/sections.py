@@ -122,9 +122,12 @@ class ModelConfig:
     Attributes:
         backbone: a name from `kmedimg.models.backbones.list_backbones()`.
             Defaults to `"mobilenetv2"`.
-        weights: `None` (random init), `"imagenet"`, a backbone weights file, a saved
+        weights: `None` (random init), `"imagenet"`, `"bank:NAME"` (an entry of the
+            local weights bank, `kmedimg weights add`), a backbone weights file, a saved
             kmedimg `.keras` model or a run directory whose backbone is reused (a
-            backbone pretrained on another medical dataset).
+            backbone pretrained on another medical dataset). `"imagenet"` whose file is
+            not in the Keras cache on a machine that cannot download it is refused
+            before training (`kmedimg.models.check_imagenet_available`).
             Recipes that start from random weights (`from_scratch`) ignore it.
             Defaults to `None`.
         head: pooling head, `"avg"`, `"gem"` or `"max"`. Defaults to `"avg"`.

@@ -14,6 +14,8 @@ from kmedimg.models.features import feature_model
 from kmedimg.models.freezing import backbone_blocks, freeze_backbone, resolve_freeze_depth
 from kmedimg.models.image_classifier import ImageClassifier
 from kmedimg.models.legacy import as_image_classifier
+from kmedimg.models import bank
+from kmedimg.models.imagenet_files import check_imagenet_available
 from kmedimg.models.pretrained import build_backbone, get_backbone_model
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "ImageClassifier",
     "as_image_classifier",
     "backbone_blocks",
+    "bank",
+    "check_imagenet_available",
     "build_backbone",
     "build_classifier",
     "feature_model",

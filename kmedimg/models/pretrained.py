@@ -18,8 +18,10 @@ import keras
 import numpy as np
 
 from kmedimg.layers.backbone_preprocessing import BackbonePreprocessing
+from kmedimg.models import bank
 from kmedimg.models.backbones import BACKBONES, get_backbone
 from kmedimg.models.image_classifier import ImageClassifier
+from kmedimg.models.imagenet_files import check_imagenet_available
 
 GREY_WEIGHTS = ("fold", "replicate")
 _CONV_TYPES = (keras.layers.Conv2D,)
@@ -215,6 +217,7 @@ def build_backbone(backbone, input_shape, weights=None, grey_weights="fold"):
         backbone: registry name or `Backbone` record.
         input_shape: `(height, width, channels)`, channels 1 or 3.
         weights: `None` (random), `"imagenet"` (standard Keras download and cache),
+            `"bank:NAME"` (an entry of the local weights bank, `kmedimg.models.bank`),
             a weights file (`.h5` / `.weights.h5` of this backbone), a saved
             `.keras` model or a kmedimg run directory (its `model.keras`) whose
             backbone to reuse. Defaults to `None`.
@@ -239,7 +242,10 @@ def build_backbone(backbone, input_shape, weights=None, grey_weights="fold"):
         return record.build(input_shape)
     if channels == 1 and grey_weights == "replicate":
         input_shape, channels = (height, width, 3), 3
+    if isinstance(weights, str) and weights.startswith(bank.PREFIX):
+        weights = bank.entry_path(weights)
     if weights == "imagenet":
+        check_imagenet_available(record, (height, width, 3))
         source = record.build((height, width, 3), weights="imagenet")
     elif isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)

@@ -49,6 +49,22 @@ def initial_weights(config, recipe):
     return weights, [f"backbone initialised from {weights}"]
 
 
+def check_initial_weights(config, recipe, input_shape):
+    """Refuses, before any training or run directory, ImageNet weights this machine cannot get.
+
+    Also resolves a `bank:NAME` to its entry (an unknown name is refused here).
+
+    Raises:
+        ValueError: one line naming the file, its URL and `kmedimg weights import FILE`.
+    """
+    weights, _ = initial_weights(config, recipe)
+    if weights == "imagenet":
+        record = models.get_backbone(config.model.backbone)
+        models.check_imagenet_available(record, (input_shape[0], input_shape[1], 3))
+    elif isinstance(weights, str) and weights.startswith(models.bank.PREFIX):
+        models.bank.entry_path(weights)
+
+
 def build_model(config, num_classes, input_shape, task="binary", recipe=None, dtype_policy=None):
     """Builds the classifier of `config` with the recipe's initial weights.
 

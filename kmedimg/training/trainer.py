@@ -13,7 +13,9 @@ from kmedimg import distribute
 from kmedimg import recipes as recipes_lib
 from kmedimg.config import RecipeConfig
 from kmedimg.core.run_directory import RunDirectory
-from kmedimg.training.build import build_model, get_strategy, platform_settings
+from kmedimg.training.build import (
+    build_model, check_initial_weights, get_strategy, platform_settings,
+)
 from kmedimg.training.callbacks import (
     BestCheckpoint, HistoryWriter, ResumableBackup, ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
@@ -90,6 +92,7 @@ class Trainer:
         self.config, self.lr_notes = resolve_learning_rates(self.config, self._stored_recipe())
         self.recipe = recipes_lib.get_recipe(self.config.recipe.name, **self.config.recipe.options)
         self.manifest = read_training_manifest(self.config)
+        check_initial_weights(self.config, self.recipe, input_shape(self.config, self.manifest))
         self.mode = _monitor_mode(self.config.training)
         self.strategy = self.settings = self.model = self.state = None
         self.notes = []
