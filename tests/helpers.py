@@ -123,3 +123,18 @@ def old_build_classifier(backbone_model, record, input_shape, task, num_classes,
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"{record.name}_classifier")
+
+
+def write_legacy_h5(model, path):
+    """Writes `model`'s weights in the Keras 2 HDF5 layout keras.applications downloads."""
+    with h5py.File(path, "w") as handle:
+        weighted = [layer for layer in model.layers if layer.weights]
+        handle.attrs["layer_names"] = [layer.name.encode() for layer in weighted]
+        handle.attrs["backend"] = b"tensorflow"
+        handle.attrs["keras_version"] = b"2.15.0"
+        for layer in weighted:
+            group = handle.create_group(layer.name)
+            names = [f"{layer.name}/{variable.name}:0".encode() for variable in layer.weights]
+            group.attrs["weight_names"] = names
+            for name, variable in zip(names, layer.weights):
+                group.create_dataset(name.decode(), data=keras.ops.convert_to_numpy(variable))

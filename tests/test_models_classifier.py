@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import h5py
 import numpy as np
 import pytest
 
@@ -23,7 +22,7 @@ from kmedimg.models import (
     get_backbone_model,
 )
 
-from helpers import randomize_weights
+from helpers import randomize_weights, write_legacy_h5
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -196,21 +195,6 @@ def test_unsupported_imagenet_requests_name_the_allowed_values():
         build_classifier("lenet5", 1, (32, 32, 1), task="regression")
 
 
-def _write_legacy_h5(model, path):
-    """Writes weights in the Keras 2 HDF5 layout keras.applications downloads."""
-    with h5py.File(path, "w") as handle:
-        weighted = [layer for layer in model.layers if layer.weights]
-        handle.attrs["layer_names"] = [layer.name.encode() for layer in weighted]
-        handle.attrs["backend"] = b"tensorflow"
-        handle.attrs["keras_version"] = b"2.15.0"
-        for layer in weighted:
-            group = handle.create_group(layer.name)
-            names = [f"{layer.name}/{variable.name}:0".encode() for variable in layer.weights]
-            group.attrs["weight_names"] = names
-            for name, variable in zip(names, layer.weights):
-                group.create_dataset(name.decode(), data=keras.ops.convert_to_numpy(variable))
-
-
 def test_imagenet_path_runs_offline_from_a_seeded_keras_cache(tmp_path):
     # Keras checks no hash for MobileNetV2 (file_hash=None in
     # keras/src/applications/mobilenet_v2.py), so a file of the right name in
@@ -220,7 +204,7 @@ def test_imagenet_path_runs_offline_from_a_seeded_keras_cache(tmp_path):
     cache = tmp_path / "keras_home" / "models"
     cache.mkdir(parents=True)
     weights_file = cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
-    _write_legacy_h5(seeded, weights_file)
+    write_legacy_h5(seeded, weights_file)
     expected = tmp_path / "expected.npz"
     np.savez(expected, *[keras.ops.convert_to_numpy(v) for v in seeded.weights])
     script = textwrap.dedent(

@@ -5,32 +5,17 @@ import json
 import os
 import pathlib
 
-import h5py
 import keras
 import numpy as np
 import pytest
 
 from kmedimg import cli, models, recipes, training
 from kmedimg.config import config_from_dict
-from tests._evaluation_run import make_run
+from _evaluation_run import make_run
+from helpers import write_legacy_h5
 
 MOBILENET_96 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
 RESNET50 = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-
-
-def _write_legacy_h5(model, path):
-    """Weights in the Keras 2 HDF5 layout keras.applications downloads."""
-    with h5py.File(path, "w") as handle:
-        weighted = [layer for layer in model.layers if layer.weights]
-        handle.attrs["layer_names"] = [layer.name.encode() for layer in weighted]
-        handle.attrs["backend"] = b"tensorflow"
-        handle.attrs["keras_version"] = b"2.15.0"
-        for layer in weighted:
-            group = handle.create_group(layer.name)
-            names = [f"{layer.name}/{variable.name}:0".encode() for variable in layer.weights]
-            group.attrs["weight_names"] = names
-            for name, variable in zip(names, layer.weights):
-                group.create_dataset(name.decode(), data=keras.ops.convert_to_numpy(variable))
 
 
 @pytest.fixture
@@ -46,12 +31,12 @@ def test_list_shows_a_seeded_file_as_cached_and_import_checks_the_architecture(h
     usb = tmp_path / "usb"
     usb.mkdir()
     good = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
-    _write_legacy_h5(good, usb / MOBILENET_96)
+    write_legacy_h5(good, usb / MOBILENET_96)
     # The same name holding another architecture's weights (MobileNet v1).
     wrong_dir = tmp_path / "wrong"
     wrong_dir.mkdir()
     wrong = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(96, 96, 3))
-    _write_legacy_h5(wrong, wrong_dir / MOBILENET_96)
+    write_legacy_h5(wrong, wrong_dir / MOBILENET_96)
 
     assert cli.main(["weights", "import", str(wrong_dir / MOBILENET_96), "--backbone", "mobilenetv2"]) == 2
     error = capsys.readouterr().err
