@@ -8,7 +8,6 @@ flags are one argument group below; which constructor parameter each flag sets i
 
 from kmedimg.core.vocabulary import TASKS
 from kmedimg.data.conversion import FORMAT_OPTIONS, convert_source
-from kmedimg.data.paths import ConversionError
 from kmedimg.data.sources import list_sources
 from kmedimg.data.summary import conversion_summary
 
@@ -174,17 +173,13 @@ def run(args):
     """Handler of `kmedimg convert`; returns the exit code."""
     names = {"dtype", "class_names"}.union(*FORMAT_OPTIONS.values())
     options = {name: getattr(args, name, None) for name in sorted(names)}
-    try:
-        conversion = convert_source(
-            args.src, args.out, format=args.format, options=options,
-            channels=args.channels, progress=not args.no_progress, command="kmedimg convert",
-            encoding=args.encoding, compression=args.compression, num_shards=args.shards,
-            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-            seed=args.seed, drop_duplicates=args.drop_duplicates,
-            image_size=args.image_size, overwrite=args.overwrite,
-        )
-    except ConversionError as error:
-        # One line like any other failure, until kmedimg.cli.main catches ConversionError.
-        raise ValueError(str(error)) from error
+    conversion = convert_source(
+        args.src, args.out, format=args.format, options=options,
+        channels=args.channels, progress=not args.no_progress, command="kmedimg convert",
+        encoding=args.encoding, compression=args.compression, num_shards=args.shards,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, drop_duplicates=args.drop_duplicates,
+        image_size=args.image_size, overwrite=args.overwrite,
+    )
     print(conversion_summary(conversion.manifest, args.out, conversion.items))
     return 0
